@@ -1,0 +1,194 @@
+/*
+ * microgpt_c: the C core.  Plain C11, no Python.
+ *
+ * A GPT as in SPEC.md: token + position embedding, RMSNorm (no gain), n_layer
+ * blocks of causal multi-head attention and a ReLU MLP (no biases), a separate
+ * lm_head, softmax cross-entropy, Adam.  Float64 and float32 share one source
+ * (kernels_impl.h, model_impl.h), instantiated with the suffixes _f64 / _f32.
+ *
+ * Dimension names used everywhere:
+ *   V  vocab_size          T  block_size (max sequence length)
+ *   L  n_layer             C  n_embd          NH  n_head    HS = C / NH
+ *   N  tokens in a batch (documents packed back to back, N <= max_tokens)
+ *   OC output channels of a matmul
+ *
+ * Every function returns an mg_status; nothing here calls exit/abort/assert
+ * on user input.
+ */
+#ifndef MICROGPT_H
+#define MICROGPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    MG_OK = 0,
+    MG_ERR_CONFIG = 1,     /* a size is zero/negative or n_embd % n_head != 0 */
+    MG_ERR_OVERFLOW = 2,   /* a buffer size would overflow size_t */
+    MG_ERR_NOMEM = 3,      /* malloc failed */
+    MG_ERR_TOKEN = 4,      /* a token id is outside [0, V) */
+    MG_ERR_LENGTH = 5,     /* a sequence/batch length is out of range */
+    MG_ERR_STATE = 6,      /* e.g. backward without a forward */
+    MG_ERR_DTYPE = 7,      /* unknown dtype */
+    MG_ERR_ARG = 8,        /* a NULL pointer or otherwise invalid argument */
+    MG_ERR_NONFINITE = 9   /* a loss came out NaN or infinite */
+} mg_status;
+
+typedef enum { MG_FLOAT64 = 0, MG_FLOAT32 = 1 } mg_dtype;
+
+typedef struct {
+    int vocab_size;  /* V */
+    int block_size;  /* T */
+    int n_layer;     /* L */
+    int n_embd;      /* C */
+    int n_head;      /* NH */
+} mg_config;
+
+/* Parameter tensors, in the SPEC's order: wte, wpe, lm_head, then per layer
+ * attn_wq, attn_wk, attn_wv, attn_wo, mlp_fc1, mlp_fc2. */
+enum { MG_WTE = 0, MG_WPE = 1, MG_LM_HEAD = 2, MG_NUM_GLOBAL = 3 };
+enum { MG_WQ = 0, MG_WK, MG_WV, MG_WO, MG_FC1, MG_FC2, MG_NUM_PER_LAYER };
+
+/* Offsets (in elements) of the activations of a batch of up to max_tokens
+ * tokens.  The activation-gradient buffer uses the same layout. */
+typedef struct {
+    size_t emb;      /* (N, C)       wte[tok] + wpe[pos]                */
+    size_t x0;       /* (N, C)       rmsnorm(emb)                       */
+    size_t x0s;      /* (N)          its scale (ms + 1e-5)^-0.5          */
+    size_t layers;   /* start of the per-layer blocks                   */
+    size_t lstride;  /* size of one layer's block                       */
+    /* offsets inside one layer block: */
+    size_t ln1, ln1s;        /* (N, C), (N)                              */
+    size_t q, k, v;          /* (N, C) each                              */
+    size_t att;              /* (N, NH, T) softmax weights; row p uses p+1 */
+    size_t atty;             /* (N, C)   concatenated head outputs        */
+    size_t attproj;          /* (N, C)   atty @ Wo^T                      */
+    size_t res2;             /* (N, C)   attproj + layer input            */
+    size_t ln2, ln2s;        /* (N, C), (N)                              */
+    size_t fch, fchr;        /* (N, 4C)  fc1 output, relu of it           */
+    size_t fcproj;           /* (N, C)   fchr @ fc2^T                     */
+    size_t res3;             /* (N, C)   fcproj + res2 = layer output     */
+    size_t logits, probs;    /* (N, V)                                   */
+    size_t losses;           /* (N)      -log probs[target]               */
+    size_t dlosses;          /* (N)      weight of each token in the loss */
+    size_t total;
+} mg_act_layout;
+
+typedef struct mg_model {
+    mg_config cfg;
+    mg_dtype dtype;
+    size_t elem_size;        /* sizeof(double) or sizeof(float)           */
+    size_t num_params;
+    size_t param_offset[MG_NUM_GLOBAL]; /* wte, wpe, lm_head              */
+    size_t layer_offset;     /* first layer tensor                          */
+    size_t layer_size;       /* elements of one layer's tensors             */
+    size_t max_tokens;       /* activation capacity                         */
+    mg_act_layout acts_layout;
+    void *params;            /* (num_params) */
+    void *grads;             /* (num_params) */
+    void *m_adam, *v_adam;   /* (num_params) each */
+    void *acts, *dacts;      /* (acts_layout.total) each */
+    void *kcache, *vcache;   /* (L, T, C) each, for token-by-token inference */
+    int32_t *inputs;         /* (max_tokens) the saved batch */
+    int32_t *targets;        /* (max_tokens) */
+    int32_t *positions;      /* (max_tokens) position of each token in its document */
+    int32_t *doc_lens;       /* (max_tokens) */
+    int n_tokens, n_docs;
+    int have_forward;        /* a training forward is saved for backward */
+    int num_threads;         /* 0: OpenMP default */
+} mg_model;
+
+/* ---- lifecycle ---------------------------------------------------------- */
+const char *mg_status_string(int status);
+int mg_config_check(const mg_config *cfg);
+/* Bytes a model with this config and capacity needs; MG_ERR_OVERFLOW if it
+ * does not fit in size_t. */
+int mg_model_bytes(const mg_config *cfg, int dtype, size_t max_tokens, size_t *bytes);
+int mg_num_params(const mg_config *cfg, size_t *n);
+/* Offset and shape (rows, cols) of tensor `index` (0 .. 3 + 6L - 1). */
+int mg_tensor_info(const mg_config *cfg, int index, size_t *offset, size_t *rows, size_t *cols);
+int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_tokens);
+void mg_model_free(mg_model *model);
+/* Grow the activation capacity to at least max_tokens tokens. */
+int mg_model_reserve(mg_model *model, size_t max_tokens);
+
+/* ---- training ------------------------------------------------------------ */
+/* Forward a batch of n_docs documents packed back to back: document d has
+ * doc_lens[d] in [1, T] positions; inputs/targets are (N) with N = sum of
+ * doc_lens.  *loss = mean over documents of each document's mean token loss. */
+int mg_forward(mg_model *model, const int32_t *inputs, const int32_t *targets,
+               const int32_t *doc_lens, int n_docs, double *loss);
+/* Accumulate d(loss)/d(params) of the last forward into the gradients. */
+int mg_backward(mg_model *model);
+int mg_zero_grad(mg_model *model);
+/* One Adam update with learning rate lr_t at 1-based step t, then zero grads. */
+int mg_adam_step(mg_model *model, double lr_t, double beta1, double beta2,
+                 double eps, long t);
+/* Train on one document: tokens (n_tokens) = [BOS] + ids + [BOS]; truncated
+ * to the block.  forward + backward, the loss in *loss. */
+int mg_sequence_forward_backward(mg_model *model, const int32_t *tokens,
+                                 int n_tokens, double *loss);
+
+/* ---- inference ----------------------------------------------------------- */
+/* Logits (V) for `token` at position `pos`, using and extending the KV cache
+ * (positions 0 .. pos-1 must have been fed before).  Invalidates a saved
+ * training forward. */
+int mg_infer_logits(mg_model *model, int token, int pos, double *logits);
+/* probs = softmax(logits * temperature^-1), computed as the SPEC does. */
+int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature);
+
+/* ---- threads ------------------------------------------------------------- */
+int mg_openmp_enabled(void);
+int mg_get_max_threads(void);
+void mg_set_num_threads(int n);
+
+/* ---- kernels, exposed for testing: see kernels_impl.h --------------------- */
+#define MG_DECLARE_KERNELS(REAL, SUF)                                                   \
+    void encoder_forward_##SUF(REAL *out, const int32_t *inp, const int32_t *pos,       \
+                               const REAL *wte, const REAL *wpe, int N, int C);          \
+    void encoder_backward_##SUF(REAL *dwte, REAL *dwpe, const REAL *dout,               \
+                                const int32_t *inp, const int32_t *pos, int N, int C);  \
+    void rmsnorm_forward_##SUF(REAL *out, REAL *scale, const REAL *inp, int N, int C);  \
+    void rmsnorm_backward_##SUF(REAL *dinp, const REAL *dout, const REAL *inp,          \
+                                const REAL *scale, int N, int C);                       \
+    void matmul_forward_##SUF(REAL *out, const REAL *inp, const REAL *weight,           \
+                              int N, int C, int OC);                                    \
+    void matmul_backward_##SUF(REAL *dinp, REAL *dweight, const REAL *dout,             \
+                               const REAL *inp, const REAL *weight, int N, int C, int OC); \
+    void attention_forward_##SUF(REAL *out, REAL *att, const REAL *q, const REAL *k,    \
+                                 const REAL *v, int N, int p0, int C, int NH, int T);   \
+    void attention_backward_##SUF(REAL *dq, REAL *dk, REAL *dv, REAL *datt,             \
+                                  const REAL *dout, const REAL *att, const REAL *q,     \
+                                  const REAL *k, const REAL *v, int N, int C, int NH, int T); \
+    void relu_forward_##SUF(REAL *out, const REAL *inp, size_t n);                      \
+    void relu_backward_##SUF(REAL *dinp, const REAL *dout, const REAL *inp, size_t n);   \
+    void residual_forward_##SUF(REAL *out, const REAL *inp1, const REAL *inp2, size_t n); \
+    void residual_backward_##SUF(REAL *dinp1, REAL *dinp2, const REAL *dout, size_t n);   \
+    void crossentropy_softmax_forward_##SUF(REAL *losses, REAL *probs, const REAL *logits, \
+                                            const int32_t *targets, int N, int V);       \
+    void crossentropy_softmax_backward_##SUF(REAL *dlogits, const REAL *dlosses,         \
+                                             const REAL *probs, const int32_t *targets,  \
+                                             int N, int V);                              \
+    void adam_update_##SUF(REAL *params, REAL *m, REAL *v, const REAL *grads, size_t n,  \
+                           double lr_t, double beta1, double beta2, double eps, long t); \
+    void zero_##SUF(REAL *buf, size_t n);
+
+MG_DECLARE_KERNELS(double, f64)
+MG_DECLARE_KERNELS(float, f32)
+
+/* Model-level functions per dtype (dispatched to by the generic ones). */
+int mg_forward_f64(mg_model *model, double *loss);
+int mg_forward_f32(mg_model *model, double *loss);
+int mg_backward_f64(mg_model *model);
+int mg_backward_f32(mg_model *model);
+int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
+int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MICROGPT_H */

@@ -1,0 +1,196 @@
+/*
+ * Model-level forward, backward and inference, written once over REAL/FN()
+ * (see kernels_impl.h).  The generic entry points in microgpt.c validate
+ * every input before dispatching here.
+ */
+
+/* Named pointers into the flat buffers. */
+typedef struct {
+    REAL *wte, *wpe, *lm_head;                  /* (V,C), (T,C), (V,C) */
+} FN(globals_t);
+
+typedef struct {
+    REAL *wq, *wk, *wv, *wo;                    /* (C, C) each */
+    REAL *fc1;                                  /* (4C, C) */
+    REAL *fc2;                                  /* (C, 4C) */
+} FN(layer_params_t);
+
+typedef struct {
+    REAL *ln1, *ln1s, *q, *k, *v, *att, *atty, *attproj, *res2;
+    REAL *ln2, *ln2s, *fch, *fchr, *fcproj, *res3;
+} FN(layer_acts_t);
+
+static FN(globals_t) FN(globals)(const mg_model *M, REAL *base) {
+    FN(globals_t) g;
+    g.wte = base + M->param_offset[MG_WTE];
+    g.wpe = base + M->param_offset[MG_WPE];
+    g.lm_head = base + M->param_offset[MG_LM_HEAD];
+    return g;
+}
+
+static FN(layer_params_t) FN(layer_params)(const mg_model *M, REAL *base, int l) {
+    const size_t C = (size_t)M->cfg.n_embd;
+    REAL *p = base + M->layer_offset + (size_t)l * M->layer_size;
+    FN(layer_params_t) lp;
+    lp.wq = p; lp.wk = p + C * C; lp.wv = p + 2 * C * C; lp.wo = p + 3 * C * C;
+    lp.fc1 = p + 4 * C * C; lp.fc2 = p + 8 * C * C;
+    return lp;
+}
+
+static FN(layer_acts_t) FN(layer_acts)(const mg_model *M, REAL *base, int l) {
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *b = base + A->layers + (size_t)l * A->lstride;
+    FN(layer_acts_t) la;
+    la.ln1 = b + A->ln1; la.ln1s = b + A->ln1s; la.q = b + A->q; la.k = b + A->k;
+    la.v = b + A->v; la.att = b + A->att; la.atty = b + A->atty;
+    la.attproj = b + A->attproj; la.res2 = b + A->res2; la.ln2 = b + A->ln2;
+    la.ln2s = b + A->ln2s; la.fch = b + A->fch; la.fchr = b + A->fchr;
+    la.fcproj = b + A->fcproj; la.res3 = b + A->res3;
+    return la;
+}
+
+/* The transformer blocks on N tokens whose layer input is `x` (N, C).
+ * Training (kc == NULL): attention per document with p0 = 0.
+ * Inference (kc != NULL, N == 1): k, v are appended to the cache at `pos`
+ * and the query attends the cache.  Returns the final block output. */
+static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, REAL *vc) {
+    const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
+    for (int l = 0; l < M->cfg.n_layer; l++) {
+        FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+        FN(layer_acts_t) a = FN(layer_acts)(M, (REAL *)M->acts, l);
+        FN(rmsnorm_forward)(a.ln1, a.ln1s, x, N, C);
+        FN(matmul_forward)(a.q, a.ln1, w.wq, N, C, C);
+        FN(matmul_forward)(a.k, a.ln1, w.wk, N, C, C);
+        FN(matmul_forward)(a.v, a.ln1, w.wv, N, C, C);
+        if (kc != NULL) {
+            REAL *kl = kc + (size_t)l * T * C, *vl = vc + (size_t)l * T * C;
+            memcpy(kl + (size_t)pos * C, a.k, (size_t)C * sizeof(REAL));
+            memcpy(vl + (size_t)pos * C, a.v, (size_t)C * sizeof(REAL));
+            FN(attention_forward)(a.atty, a.att, a.q, kl, vl, 1, pos, C, NH, T);
+        } else {
+            size_t off = 0;
+            for (int d = 0; d < M->n_docs; d++) {
+                const int n = M->doc_lens[d];
+                FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
+                                      a.k + off * C, a.v + off * C, n, 0, C, NH, T);
+                off += (size_t)n;
+            }
+        }
+        FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
+        FN(residual_forward)(a.res2, a.attproj, x, (size_t)N * C);
+        FN(rmsnorm_forward)(a.ln2, a.ln2s, a.res2, N, C);
+        FN(matmul_forward)(a.fch, a.ln2, w.fc1, N, C, 4 * C);
+        FN(relu_forward)(a.fchr, a.fch, (size_t)N * 4 * C);
+        FN(matmul_forward)(a.fcproj, a.fchr, w.fc2, N, 4 * C, C);
+        FN(residual_forward)(a.res3, a.fcproj, a.res2, (size_t)N * C);
+        x = a.res3;
+    }
+    return x;
+}
+
+/* Embedding and first RMSNorm of the saved batch; returns x0. */
+static REAL *FN(embed_forward)(mg_model *M, int N) {
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *acts = (REAL *)M->acts;
+    FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+    FN(encoder_forward)(acts + A->emb, M->inputs, M->positions, g.wte, g.wpe, N, M->cfg.n_embd);
+    FN(rmsnorm_forward)(acts + A->x0, acts + A->x0s, acts + A->emb, N, M->cfg.n_embd);
+    return acts + A->x0;
+}
+
+int FN(mg_forward)(mg_model *M, double *loss) {
+    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *acts = (REAL *)M->acts;
+    FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+    REAL *x = FN(embed_forward)(M, N);
+    x = FN(blocks_forward)(M, x, N, 0, NULL, NULL);
+    REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
+    FN(matmul_forward)(acts + A->logits, x, g.lm_head, N, C, V);
+    FN(crossentropy_softmax_forward)(losses, acts + A->probs, acts + A->logits,
+                                     M->targets, N, V);
+    /* mean over each document's positions, then mean over the documents */
+    const REAL inv_docs = (REAL)1 / (REAL)M->n_docs;
+    REAL batch = 0;
+    size_t off = 0;
+    for (int d = 0; d < M->n_docs; d++) {
+        const int n = M->doc_lens[d];
+        const REAL inv_n = (REAL)1 / (REAL)n;
+        REAL s = 0;
+        for (int t = 0; t < n; t++) s += losses[off + t];
+        batch += s * inv_n;
+        for (int t = 0; t < n; t++) dlosses[off + t] = inv_n * inv_docs;
+        off += (size_t)n;
+    }
+    const REAL result = batch * inv_docs;
+    *loss = (double)result;
+    if (!isfinite(result)) { M->have_forward = 0; return MG_ERR_NONFINITE; }
+    M->have_forward = 1;
+    return MG_OK;
+}
+
+int FN(mg_backward)(mg_model *M) {
+    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
+    const int NH = M->cfg.n_head, T = M->cfg.block_size, L = M->cfg.n_layer;
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
+    FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+    FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
+    FN(zero)(dacts, A->total);
+
+    /* input of lm_head: output of the last block, or x0 when L == 0 */
+    REAL *x = L > 0 ? FN(layer_acts)(M, acts, L - 1).res3 : acts + A->x0;
+    REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
+    FN(crossentropy_softmax_backward)(dacts + A->logits, acts + A->dlosses, acts + A->probs,
+                                      M->targets, N, V);
+    FN(matmul_backward)(dx, dg.lm_head, dacts + A->logits, x, g.lm_head, N, C, V);
+
+    for (int l = L - 1; l >= 0; l--) {
+        FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+        FN(layer_params_t) dw = FN(layer_params)(M, (REAL *)M->grads, l);
+        FN(layer_acts_t) a = FN(layer_acts)(M, acts, l);
+        FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
+        REAL *xin = l > 0 ? FN(layer_acts)(M, acts, l - 1).res3 : acts + A->x0;
+        REAL *dxin = l > 0 ? FN(layer_acts)(M, dacts, l - 1).res3 : dacts + A->x0;
+
+        FN(residual_backward)(da.fcproj, da.res2, da.res3, (size_t)N * C);
+        FN(matmul_backward)(da.fchr, dw.fc2, da.fcproj, a.fchr, w.fc2, N, 4 * C, C);
+        FN(relu_backward)(da.fch, da.fchr, a.fch, (size_t)N * 4 * C);
+        FN(matmul_backward)(da.ln2, dw.fc1, da.fch, a.ln2, w.fc1, N, C, 4 * C);
+        FN(rmsnorm_backward)(da.res2, da.ln2, a.res2, a.ln2s, N, C);
+        FN(residual_backward)(da.attproj, dxin, da.res2, (size_t)N * C);
+        FN(matmul_backward)(da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C);
+        size_t off = 0;
+        for (int d = 0; d < M->n_docs; d++) {
+            const int n = M->doc_lens[d];
+            FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
+                                   da.att + off * NH * T, da.atty + off * C,
+                                   a.att + off * NH * T, a.q + off * C, a.k + off * C,
+                                   a.v + off * C, n, C, NH, T);
+            off += (size_t)n;
+        }
+        FN(matmul_backward)(da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C);
+        FN(matmul_backward)(da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C);
+        FN(matmul_backward)(da.ln1, dw.wv, da.v, a.ln1, w.wv, N, C, C);
+        FN(rmsnorm_backward)(dxin, da.ln1, xin, a.ln1s, N, C);
+    }
+    FN(rmsnorm_backward)(dacts + A->emb, dacts + A->x0, acts + A->emb, acts + A->x0s, N, C);
+    FN(encoder_backward)(dg.wte, dg.wpe, dacts + A->emb, M->inputs, M->positions, N, C);
+    return MG_OK;
+}
+
+int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *acts = (REAL *)M->acts;
+    FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+    M->have_forward = 0;
+    M->inputs[0] = token;
+    M->positions[0] = pos;
+    REAL *x = FN(embed_forward)(M, 1);
+    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache);
+    REAL *z = acts + A->logits;
+    FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
+    for (int i = 0; i < V; i++) logits[i] = (double)z[i];
+    return MG_OK;
+}

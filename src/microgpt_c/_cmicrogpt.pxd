@@ -1,0 +1,93 @@
+# Declarations of the C core (csrc/microgpt.h) for Cython.
+from libc.stdint cimport int32_t
+
+cdef extern from "microgpt.h" nogil:
+    ctypedef enum mg_status:
+        MG_OK
+        MG_ERR_CONFIG
+        MG_ERR_OVERFLOW
+        MG_ERR_NOMEM
+        MG_ERR_TOKEN
+        MG_ERR_LENGTH
+        MG_ERR_STATE
+        MG_ERR_DTYPE
+        MG_ERR_ARG
+        MG_ERR_NONFINITE
+
+    ctypedef enum mg_dtype:
+        MG_FLOAT64
+        MG_FLOAT32
+
+    ctypedef struct mg_config:
+        int vocab_size
+        int block_size
+        int n_layer
+        int n_embd
+        int n_head
+
+    ctypedef struct mg_model:
+        mg_config cfg
+        mg_dtype dtype
+        size_t num_params
+        size_t max_tokens
+        void *params
+        void *grads
+        void *m_adam
+        void *v_adam
+        int have_forward
+
+    const char *mg_status_string(int status)
+    int mg_config_check(const mg_config *cfg)
+    int mg_model_bytes(const mg_config *cfg, int dtype, size_t max_tokens, size_t *nbytes)
+    int mg_num_params(const mg_config *cfg, size_t *n)
+    int mg_tensor_info(const mg_config *cfg, int index, size_t *offset, size_t *rows, size_t *cols)
+    int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_tokens)
+    void mg_model_free(mg_model *model)
+    int mg_model_reserve(mg_model *model, size_t max_tokens)
+
+    int mg_forward(mg_model *model, const int32_t *inputs, const int32_t *targets,
+                   const int32_t *doc_lens, int n_docs, double *loss)
+    int mg_backward(mg_model *model)
+    int mg_zero_grad(mg_model *model)
+    int mg_adam_step(mg_model *model, double lr_t, double beta1, double beta2,
+                     double eps, long t)
+    int mg_sequence_forward_backward(mg_model *model, const int32_t *tokens,
+                                     int n_tokens, double *loss)
+    int mg_infer_logits(mg_model *model, int token, int pos, double *logits)
+    int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature)
+
+    int mg_openmp_enabled()
+    int mg_get_max_threads()
+    void mg_set_num_threads(int n)
+
+    # kernels (float64 and float32 instantiations)
+    void encoder_forward_f64(double *out, const int32_t *inp, const int32_t *pos, const double *wte, const double *wpe, int N, int C)
+    void encoder_forward_f32(float *out, const int32_t *inp, const int32_t *pos, const float *wte, const float *wpe, int N, int C)
+    void encoder_backward_f64(double *dwte, double *dwpe, const double *dout, const int32_t *inp, const int32_t *pos, int N, int C)
+    void encoder_backward_f32(float *dwte, float *dwpe, const float *dout, const int32_t *inp, const int32_t *pos, int N, int C)
+    void rmsnorm_forward_f64(double *out, double *scale, const double *inp, int N, int C)
+    void rmsnorm_forward_f32(float *out, float *scale, const float *inp, int N, int C)
+    void rmsnorm_backward_f64(double *dinp, const double *dout, const double *inp, const double *scale, int N, int C)
+    void rmsnorm_backward_f32(float *dinp, const float *dout, const float *inp, const float *scale, int N, int C)
+    void matmul_forward_f64(double *out, const double *inp, const double *weight, int N, int C, int OC)
+    void matmul_forward_f32(float *out, const float *inp, const float *weight, int N, int C, int OC)
+    void matmul_backward_f64(double *dinp, double *dweight, const double *dout, const double *inp, const double *weight, int N, int C, int OC)
+    void matmul_backward_f32(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N, int C, int OC)
+    void attention_forward_f64(double *out, double *att, const double *q, const double *k, const double *v, int N, int p0, int C, int NH, int T)
+    void attention_forward_f32(float *out, float *att, const float *q, const float *k, const float *v, int N, int p0, int C, int NH, int T)
+    void attention_backward_f64(double *dq, double *dk, double *dv, double *datt, const double *dout, const double *att, const double *q, const double *k, const double *v, int N, int C, int NH, int T)
+    void attention_backward_f32(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *att, const float *q, const float *k, const float *v, int N, int C, int NH, int T)
+    void relu_forward_f64(double *out, const double *inp, size_t n)
+    void relu_forward_f32(float *out, const float *inp, size_t n)
+    void relu_backward_f64(double *dinp, const double *dout, const double *inp, size_t n)
+    void relu_backward_f32(float *dinp, const float *dout, const float *inp, size_t n)
+    void residual_forward_f64(double *out, const double *inp1, const double *inp2, size_t n)
+    void residual_forward_f32(float *out, const float *inp1, const float *inp2, size_t n)
+    void residual_backward_f64(double *dinp1, double *dinp2, const double *dout, size_t n)
+    void residual_backward_f32(float *dinp1, float *dinp2, const float *dout, size_t n)
+    void crossentropy_softmax_forward_f64(double *losses, double *probs, const double *logits, const int32_t *targets, int N, int V)
+    void crossentropy_softmax_forward_f32(float *losses, float *probs, const float *logits, const int32_t *targets, int N, int V)
+    void crossentropy_softmax_backward_f64(double *dlogits, const double *dlosses, const double *probs, const int32_t *targets, int N, int V)
+    void crossentropy_softmax_backward_f32(float *dlogits, const float *dlosses, const float *probs, const int32_t *targets, int N, int V)
+    void adam_update_f64(double *params, double *m, double *v, const double *grads, size_t n, double lr_t, double beta1, double beta2, double eps, long t)
+    void adam_update_f32(float *params, float *m, float *v, const float *grads, size_t n, double lr_t, double beta1, double beta2, double eps, long t)

@@ -1,0 +1,410 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Typed Python classes over the C core: GPT (parameters, training, KV-cache
+inference) and Adam.  Inputs are validated here, before any C call; C status
+codes become the exceptions of microgpt_c.errors; the GIL is released around
+all C work."""
+
+from libc.stdint cimport int32_t
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+
+from ._cmicrogpt cimport *
+
+import operator
+import os
+
+import numpy as np
+
+from .errors import (STATUS_EXCEPTIONS, ConfigError, MicrogptError, ModelBusyError,
+                     ModelStateError, ModelTooLargeError, SequenceLengthError, TokenError)
+
+__all__ = ["GPT", "Adam", "softmax_temperature", "openmp_enabled", "get_num_threads",
+           "set_num_threads", "tensor_names"]
+
+DTYPES = {"float64": MG_FLOAT64, "float32": MG_FLOAT32}
+LAYER_TENSORS = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
+
+
+cdef int check(int rc, str context) except -1:
+    """Turn a C status code into the matching Python exception."""
+    if rc == MG_OK:
+        return 0
+    exc = STATUS_EXCEPTIONS.get(rc, MicrogptError)
+    raise exc(f"{context}: {mg_status_string(rc).decode()}")
+
+
+cdef int as_size(object value, str name, int minimum=1) except? -1:
+    """A Python integer >= minimum that fits in a C int, or a clear error."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if v < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {v}")
+    if v > 2**31 - 1:
+        raise ModelTooLargeError(f"{name}={v} is too large (at most {2**31 - 1})")
+    return v
+
+
+def tensor_names(int n_layer):
+    """Parameter names in the SPEC's order."""
+    names = ["wte", "wpe", "lm_head"]
+    for i in range(n_layer):
+        names.extend(f"layer{i}.{t}" for t in LAYER_TENSORS)
+    return names
+
+
+def _available_memory():
+    """Bytes of memory available to allocate, or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+cdef char *FMT_F64 = b"d"
+cdef char *FMT_F32 = b"f"
+
+
+cdef class _View:
+    """Exports a slice of a model's C buffer through the buffer protocol and
+    keeps the model alive while any NumPy array made from it exists."""
+    cdef object owner
+    cdef char *ptr
+    cdef Py_ssize_t shape[2]
+    cdef Py_ssize_t strides[2]
+    cdef int ndim
+    cdef Py_ssize_t itemsize
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        buf.buf = self.ptr
+        buf.obj = self
+        buf.itemsize = self.itemsize
+        buf.len = self.shape[0] * (self.shape[1] if self.ndim == 2 else 1) * self.itemsize
+        buf.readonly = 0
+        buf.ndim = self.ndim
+        buf.format = NULL
+        if flags & PyBUF_FORMAT:
+            buf.format = FMT_F64 if self.itemsize == 8 else FMT_F32
+        buf.shape = self.shape
+        buf.strides = self.strides
+        buf.suboffsets = NULL
+        buf.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+
+cdef object make_view(object owner, void *base, size_t offset, size_t itemsize,
+                      Py_ssize_t rows, Py_ssize_t cols):
+    cdef _View v = _View.__new__(_View)
+    v.owner = owner
+    v.ptr = <char *>base + offset * itemsize
+    v.itemsize = itemsize
+    if cols > 0:
+        v.ndim = 2
+        v.shape[0], v.shape[1] = rows, cols
+        v.strides[0], v.strides[1] = cols * itemsize, itemsize
+    else:
+        v.ndim = 1
+        v.shape[0] = rows
+        v.strides[0] = itemsize
+    return np.asarray(v)
+
+
+cdef object token_array(object tokens, int vocab_size, str what):
+    """A validated, C-contiguous 1-D int32 array of token ids."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must contain integers, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = int(np.flatnonzero((arr < 0) | (arr >= vocab_size))[0])
+            raise TokenError(f"{what}[{bad}] = {int(arr[bad])} is not a token id "
+                             f"(valid ids are 0..{vocab_size - 1})")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+cdef class GPT:
+    """The microgpt model on the C core.
+
+    ``GPT(vocab_size, n_layer=1, n_embd=16, n_head=4, block_size=16,
+    dtype="float64")``.  Parameters are zero until :meth:`init_weights` (or
+    assignment through :attr:`params`).  ``params[name]`` and ``grads[name]``
+    are NumPy views of the C buffers (names as in the SPEC); they keep the
+    model alive.  One model must not be used by two threads at once: a second
+    concurrent call raises :class:`~microgpt_c.errors.ModelBusyError`.
+    """
+    cdef mg_model *_m
+    cdef bint _busy
+    cdef readonly str dtype
+    cdef readonly int vocab_size, n_layer, n_embd, n_head, block_size
+    cdef readonly object params, grads
+    cdef readonly object flat_params, flat_grads, adam_m, adam_v
+    cdef object _logits
+
+    def __cinit__(self, vocab_size, n_layer=1, n_embd=16, n_head=4, block_size=16,
+                  dtype="float64", max_tokens=None):
+        cdef mg_config cfg
+        cdef size_t nbytes = 0, offset, rows, cols, tokens
+        cdef int rc, dt
+        cdef mg_model *m = NULL
+        self._m = NULL
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        cfg.vocab_size = as_size(vocab_size, "vocab_size", 2)
+        cfg.n_layer = as_size(n_layer, "n_layer")
+        cfg.n_embd = as_size(n_embd, "n_embd")
+        cfg.n_head = as_size(n_head, "n_head")
+        cfg.block_size = as_size(block_size, "block_size")
+        if cfg.n_embd % cfg.n_head:
+            raise ConfigError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+        dt = DTYPES[dtype]
+        tokens = cfg.block_size if max_tokens is None else as_size(max_tokens, "max_tokens")
+        rc = mg_model_bytes(&cfg, dt, tokens, &nbytes)
+        if rc == MG_ERR_OVERFLOW:
+            raise ModelTooLargeError(
+                "this configuration's buffers would not fit in memory "
+                "(their size overflows a 64-bit count); reduce n_embd, n_layer, "
+                "block_size or vocab_size")
+        check(rc, "invalid configuration")
+        avail = _available_memory()
+        if avail is not None and nbytes > avail:
+            raise ModelTooLargeError(
+                f"this configuration needs {nbytes / 2**30:.2f} GiB but only "
+                f"{avail / 2**30:.2f} GiB of memory is available; reduce n_embd, "
+                "n_layer, block_size or vocab_size")
+        with nogil:
+            rc = mg_model_create(&m, &cfg, dt, tokens)
+        check(rc, f"could not create the model ({nbytes} bytes)")
+        self._m = m
+        self.dtype = dtype
+        self.vocab_size, self.n_layer, self.n_embd = cfg.vocab_size, cfg.n_layer, cfg.n_embd
+        self.n_head, self.block_size = cfg.n_head, cfg.block_size
+        itemsize = 8 if dtype == "float64" else 4
+        n = m.num_params
+        self.flat_params = make_view(self, m.params, 0, itemsize, n, 0)
+        self.flat_grads = make_view(self, m.grads, 0, itemsize, n, 0)
+        self.adam_m = make_view(self, m.m_adam, 0, itemsize, n, 0)
+        self.adam_v = make_view(self, m.v_adam, 0, itemsize, n, 0)
+        self.params, self.grads = {}, {}
+        for i, name in enumerate(tensor_names(cfg.n_layer)):
+            check(mg_tensor_info(&cfg, i, &offset, &rows, &cols), "tensor layout")
+            self.params[name] = make_view(self, m.params, offset, itemsize, rows, cols)
+            self.grads[name] = make_view(self, m.grads, offset, itemsize, rows, cols)
+        self._logits = np.zeros(cfg.vocab_size, dtype=np.float64)
+
+    def __dealloc__(self):
+        if self._m is not NULL:
+            mg_model_free(self._m)
+            self._m = NULL
+
+    # ------------------------------------------------------------ helpers
+    cdef int _enter(self) except -1:
+        if self._busy:
+            raise ModelBusyError("this GPT is in use by another thread; use one model "
+                                 "per thread (or a lock)")
+        self._busy = True
+        return 0
+
+    @property
+    def num_params(self):
+        return self._m.num_params
+
+    @property
+    def config(self):
+        return {"vocab_size": self.vocab_size, "n_layer": self.n_layer,
+                "n_embd": self.n_embd, "n_head": self.n_head, "block_size": self.block_size}
+
+    def __repr__(self):
+        return (f"GPT(vocab_size={self.vocab_size}, n_layer={self.n_layer}, "
+                f"n_embd={self.n_embd}, n_head={self.n_head}, block_size={self.block_size}, "
+                f"dtype={self.dtype!r})")
+
+    def init_weights(self, rng, double std=0.08):
+        """Draw every parameter from ``rng.gauss(0, std)`` in the SPEC's order
+        (a ``random.Random``; the same stream the reference uses)."""
+        gauss = rng.gauss
+        values = [gauss(0.0, std) for _ in range(self._m.num_params)]
+        self.flat_params[:] = values
+
+    # ----------------------------------------------------------- training
+    def forward_backward(self, tokens):
+        """Loss of one document ``tokens = [BOS] + ids + [BOS]`` (truncated to
+        the block) and its gradient, ACCUMULATED into :attr:`grads`."""
+        return self.forward_backward_batch([tokens])
+
+    def forward_backward_batch(self, sequences):
+        """Mean over the documents of each one's mean token loss; gradients
+        accumulated.  Documents are packed back to back; attention never
+        crosses a document boundary."""
+        loss = self.forward_batch(sequences)
+        self.backward()
+        return loss
+
+    def forward(self, tokens):
+        """Loss of one document, saving activations for :meth:`backward`."""
+        return self.forward_batch([tokens])
+
+    def forward_batch(self, sequences):
+        cdef double loss = 0
+        cdef int rc, n_docs
+        inputs, targets, lens = [], [], []
+        if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__"):
+            raise TypeError("sequences must be a list of token sequences")
+        if len(sequences) == 0:
+            raise SequenceLengthError("a batch needs at least one document")
+        for d, seq in enumerate(sequences):
+            arr = token_array(seq, self.vocab_size, f"document {d}")
+            if arr.shape[0] < 2:
+                raise SequenceLengthError(
+                    f"document {d} has {arr.shape[0]} token(s); a training sequence needs "
+                    "at least 2 (e.g. [BOS] + ids + [BOS])")
+            n = min(self.block_size, arr.shape[0] - 1)
+            inputs.append(arr[:n])
+            targets.append(arr[1:n + 1])
+            lens.append(n)
+        cdef int32_t[::1] inp = np.concatenate(inputs)
+        cdef int32_t[::1] tgt = np.concatenate(targets)
+        cdef int32_t[::1] dl = np.asarray(lens, dtype=np.int32)
+        n_docs = len(lens)
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_forward(self._m, &inp[0], &tgt[0], &dl[0], n_docs, &loss)
+        finally:
+            self._busy = False
+        check(rc, "forward")
+        return loss
+
+    def backward(self):
+        """Accumulate the gradient of the last forward's loss into :attr:`grads`."""
+        cdef int rc
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_backward(self._m)
+        finally:
+            self._busy = False
+        if rc == MG_ERR_STATE:
+            raise ModelStateError("backward() needs a forward() first (inference with "
+                                  "logits() discards the saved forward)")
+        check(rc, "backward")
+
+    def zero_grad(self):
+        self._enter()
+        try:
+            mg_zero_grad(self._m)
+        finally:
+            self._busy = False
+
+    def adam_step(self, double lr_t, long t, double beta1=0.85, double beta2=0.99,
+                  double eps=1e-8):
+        """Adam update at 1-based step ``t`` with learning rate ``lr_t``; then
+        the gradients are zeroed."""
+        cdef int rc
+        if t < 1:
+            raise ValueError(f"t is the 1-based step number, got {t}")
+        for name, val in (("lr_t", lr_t), ("beta1", beta1), ("beta2", beta2), ("eps", eps)):
+            if not np.isfinite(val):
+                raise ValueError(f"{name} must be finite, got {val}")
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_adam_step(self._m, lr_t, beta1, beta2, eps, t)
+        finally:
+            self._busy = False
+        check(rc, "adam step")
+
+    # ---------------------------------------------------------- inference
+    def logits(self, token, pos):
+        """Next-token logits (float64 array of vocab_size) for ``token`` at
+        position ``pos``, using the KV cache: positions 0..pos-1 must have been
+        fed before (a new sample starts at pos 0)."""
+        cdef int rc, tok, p
+        tok = operator.index(token)
+        p = operator.index(pos)
+        if not 0 <= tok < self.vocab_size:
+            raise TokenError(f"token {tok} is not a token id (valid ids are 0..{self.vocab_size - 1})")
+        if not 0 <= p < self.block_size:
+            raise SequenceLengthError(f"pos {p} is outside the block (0..{self.block_size - 1})")
+        out = np.empty(self.vocab_size, dtype=np.float64)
+        cdef double[::1] z = out
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_infer_logits(self._m, tok, p, &z[0])
+        finally:
+            self._busy = False
+        check(rc, "inference")
+        return out
+
+
+def softmax_temperature(logits, double temperature=1.0):
+    """``softmax(logits * temperature**-1)`` in float64, computed as the SPEC does."""
+    cdef int rc
+    if not (temperature > 0) or not np.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    cdef double[::1] z = np.ascontiguousarray(logits, dtype=np.float64)
+    if z.shape[0] < 1:
+        raise ValueError("logits must not be empty")
+    out = np.empty(z.shape[0], dtype=np.float64)
+    cdef double[::1] p = out
+    with nogil:
+        rc = mg_softmax_temperature(&p[0], &z[0], <int>z.shape[0], temperature)
+    check(rc, "softmax")
+    return out
+
+
+class Adam:
+    """Adam with the SPEC's linearly decaying learning rate:
+    ``lr_t = lr * (1 - step / num_steps)`` at 0-based ``step``."""
+
+    def __init__(self, model, lr=0.01, num_steps=1000, beta1=0.85, beta2=0.99, eps=1e-8):
+        if not (lr > 0):
+            raise ConfigError(f"learning rate must be > 0, got {lr}")
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ConfigError(f"betas must be in [0, 1), got {beta1}, {beta2}")
+        if not (eps > 0):
+            raise ConfigError(f"eps must be > 0, got {eps}")
+        self.model, self.lr, self.num_steps = model, float(lr), int(num_steps)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.step_count = 0
+
+    def lr_at(self, step):
+        return self.lr * (1 - step / self.num_steps)
+
+    def step(self):
+        """Apply one update from the accumulated gradients (then zero them)."""
+        lr_t = self.lr_at(self.step_count)
+        self.model.adam_step(lr_t, self.step_count + 1, self.beta1, self.beta2, self.eps)
+        self.step_count += 1
+        return lr_t
+
+
+def openmp_enabled():
+    """True if the C core was compiled with OpenMP."""
+    return bool(mg_openmp_enabled())
+
+
+def get_num_threads():
+    return mg_get_max_threads()
+
+
+def set_num_threads(n):
+    """Threads for the C kernels (results do not depend on it)."""
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    mg_set_num_threads(n)

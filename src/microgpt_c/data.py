@@ -1,0 +1,350 @@
+"""Training data for microgpt_c: documents, the character tokenizer and the built-in data set.
+
+A *document* is one stripped, non-empty line of a UTF-8 text file (for the default
+data set, one name per line).  The tokenizer maps every distinct character of the
+documents to an id (its index in the sorted character list) and adds one extra
+token, BOS, that marks the beginning and the end of each document.
+
+When no data file is given, the makemore ``names.txt`` data set is used: it is
+downloaded once (and checked against a SHA-256 digest) into :func:`cache_dir`.  If
+it can be neither found in the cache nor downloaded, the US Census first names
+shipped in the PyPI package ``names`` are used instead, so that the program still
+runs offline.
+
+Only the Python standard library is used here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import importlib.resources
+import operator
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Union
+
+__all__ = [
+    "DataError",
+    "DataFileNotFound",
+    "NAMES_SHA256",
+    "NAMES_URL",
+    "Tokenizer",
+    "builtin_names",
+    "cache_dir",
+    "load_documents",
+    "read_documents",
+    "sha256_of_documents",
+]
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/988aa59/names.txt"
+NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+
+_NAMES_FILE = "names.txt"
+_CENSUS_FILES = ("dist.female.first", "dist.male.first")
+_HINT = "pass a UTF-8 text file with one document per line"
+
+
+class DataError(ValueError):
+    """The training data is missing, unreadable or unusable; the message says how to fix it."""
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """The data file does not exist (catchable as DataError or FileNotFoundError)."""
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _parse_documents(raw: bytes, source: str) -> list[str]:
+    """Turn the bytes of a text file into documents (stripped, non-empty lines).
+
+    Lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (like Python's universal newlines),
+    and a leading UTF-8 byte order mark is ignored.  ``source`` names the file in
+    error messages.
+    """
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(
+            f"{source} looks like a binary file (NUL byte at byte offset {nul}); {_HINT}"
+        )
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source} is not valid UTF-8 (invalid byte at byte offset {exc.start + bom}); "
+            f"re-save it with UTF-8 encoding"
+        ) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    docs = [stripped for stripped in (line.strip() for line in lines) if stripped]
+    if not docs:
+        raise DataError(
+            f"{source} contains no documents (it is empty or has only blank lines); {_HINT}"
+        )
+    return docs
+
+
+def read_documents(path: PathArg) -> list[str]:
+    """Read the documents of a UTF-8 text file: its ``str.strip()``-ed, non-empty lines.
+
+    Raises :class:`DataFileNotFound` if the file does not exist and :class:`DataError`
+    if it is a directory, cannot be read, is binary, is not UTF-8 or has no documents.
+    """
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a text file; {_HINT}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileNotFound(
+            f"data file not found: {path}; check the path, or give no data file "
+            f"to use the built-in names data set"
+        ) from None
+    except PermissionError:
+        raise DataError(
+            f"permission denied reading {path}; make the file readable or copy it elsewhere"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc}); {_HINT}") from None
+    return _parse_documents(raw, str(path))
+
+
+def sha256_of_documents(docs: Iterable[str]) -> str:
+    """Hex SHA-256 digest of the documents joined by ``"\\n"`` and encoded as UTF-8."""
+    return hashlib.sha256("\n".join(docs).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class Tokenizer:
+    """Character-level tokenizer with one extra BOS token.
+
+    ``uchars`` is the sorted list of the distinct characters of the documents; the id
+    of a character is its index in ``uchars``, ``bos == len(uchars)`` and
+    ``vocab_size == len(uchars) + 1``.
+    """
+
+    def __init__(self, docs: Iterable[str]) -> None:
+        """Build the vocabulary from ``docs``; raises DataError if they have no characters."""
+        self.uchars: list[str] = sorted(set("".join(docs)))
+        if not self.uchars:
+            raise DataError("cannot build a tokenizer: the documents contain no characters")
+        self._ids = {ch: i for i, ch in enumerate(self.uchars)}
+        self.bos: int = len(self.uchars)
+        self.vocab_size: int = len(self.uchars) + 1
+
+    def encode(self, doc: str) -> list[int]:
+        """Token ids of the characters of ``doc`` (without BOS).
+
+        Raises DataError naming the characters that are not in the vocabulary.
+        """
+        try:
+            return [self._ids[ch] for ch in doc]
+        except KeyError:
+            unknown = sorted(set(doc) - set(self._ids))
+            raise DataError(
+                f"characters not in the tokenizer vocabulary: "
+                f"{', '.join(repr(ch) for ch in unknown)}; the vocabulary is built from "
+                f"the training documents, so use text made of their characters only"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of character ids; raises ValueError for BOS or any id out of range."""
+        chars = []
+        for token in ids:
+            index = operator.index(token)
+            if not 0 <= index < self.bos:
+                raise ValueError(
+                    f"cannot decode token id {index}: character ids are 0..{self.bos - 1}"
+                    f" (id {self.bos} is BOS, which is not a character)"
+                )
+            chars.append(self.uchars[index])
+        return "".join(chars)
+
+    def doc_tokens(self, doc: str) -> list[int]:
+        """``[BOS] + encode(doc) + [BOS]``: one training sequence."""
+        return [self.bos, *self.encode(doc), self.bos]
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form: ``{"uchars": "<the sorted characters as one string>"}``."""
+        return {"uchars": "".join(self.uchars)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tokenizer:
+        """Rebuild a tokenizer saved by :meth:`to_dict`; raises DataError if it is malformed."""
+        uchars = data.get("uchars") if isinstance(data, Mapping) else None
+        if not isinstance(uchars, str) or list(uchars) != sorted(set(uchars)):
+            raise DataError(
+                'malformed tokenizer data: expected {"uchars": <string of sorted, distinct '
+                'characters>} as written by Tokenizer.to_dict()'
+            )
+        return cls([uchars])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return self.uchars == other.uchars
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.uchars))
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(uchars={''.join(self.uchars)!r}, vocab_size={self.vocab_size})"
+
+
+# --------------------------------------------------------------------------- built-in data set
+
+
+def cache_dir() -> Path:
+    """Where the downloaded names are kept.
+
+    ``$MICROGPT_C_CACHE`` if set, else ``$XDG_CACHE_HOME/microgpt_c``, else
+    ``~/.cache/microgpt_c``.  Empty variables count as unset.
+    """
+    explicit = os.environ.get("MICROGPT_C_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "microgpt_c"
+
+
+def _download(url: str, timeout: float) -> bytes:
+    """The body of ``url`` (a separate function so that tests can replace it)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "microgpt_c"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    """A short one-line description of an exception."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _write_atomically(path: Path, raw: bytes) -> None:
+    """Write ``raw`` to ``path`` via a synced temporary file in the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(raw)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+
+
+def _cached_names(path: Path) -> list[str] | None:
+    """The cached makemore names, or None if the cache file is absent, unreadable or corrupt."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if _sha256(raw) != NAMES_SHA256:
+        return None
+    return _parse_documents(raw, str(path))
+
+
+def _fetch_names(path: Path, timeout: float) -> tuple[list[str], str]:
+    """Download and verify the makemore names and try to cache them at ``path``.
+
+    Returns the names and a note on where they are cached.  Raises on any download
+    or verification failure; failing to write the cache is reported in the note only.
+    """
+    raw = _download(NAMES_URL, timeout)
+    digest = _sha256(raw)
+    if digest != NAMES_SHA256:
+        raise DataError(f"downloaded file has SHA-256 {digest}, expected {NAMES_SHA256}")
+    docs = _parse_documents(raw, NAMES_URL)
+    try:
+        _write_atomically(path, raw)
+    except OSError as exc:
+        return docs, f"downloaded, not cached: {_one_line(exc)}"
+    return docs, f"downloaded and cached at {path}"
+
+
+def _census_names() -> list[str]:
+    """US Census first names from the ``names`` package: female file first, lower-case, unique."""
+    package = importlib.resources.files("names")
+    unique: dict[str, None] = {}  # dicts keep insertion order: first occurrence wins
+    for filename in _CENSUS_FILES:
+        text = package.joinpath(filename).read_text(encoding="utf-8")
+        for line in text.splitlines():
+            fields = line.split()
+            if fields:
+                unique.setdefault(fields[0].lower(), None)
+    if not unique:
+        raise DataError(f"the files {', '.join(_CENSUS_FILES)} contain no names")
+    return list(unique)
+
+
+def builtin_names(fetch: bool = True, timeout: float = 10.0) -> tuple[list[str], str]:
+    """The built-in names data set, as ``(documents, one-line description)``.
+
+    Uses the makemore ``names.txt`` from :func:`cache_dir` if its SHA-256 matches;
+    otherwise downloads it (unless ``fetch`` is false or ``MICROGPT_C_OFFLINE=1``),
+    verifies it and caches it.  If that fails for any reason, falls back to the US
+    Census first names of the ``names`` package.  Raises DataError only if both
+    sources fail.
+    """
+    path = cache_dir() / _NAMES_FILE
+    docs = _cached_names(path)
+    if docs is not None:
+        return docs, f"using the makemore names data set ({len(docs)} names, cached at {path})"
+
+    if not fetch:
+        reason = "downloading is disabled"
+    elif os.environ.get("MICROGPT_C_OFFLINE") == "1":
+        reason = "MICROGPT_C_OFFLINE=1 is set"
+    else:
+        try:
+            docs, where = _fetch_names(path, timeout)
+        except Exception as exc:  # any failure at all means: use the fallback
+            reason = _one_line(exc)
+        else:
+            return docs, f"using the makemore names data set ({len(docs)} names, {where})"
+
+    try:
+        docs = _census_names()
+    except Exception as exc:
+        raise DataError(
+            f"no data set available: could not fetch the makemore names ({reason}) and "
+            f"could not read the US Census names of the 'names' package ({_one_line(exc)}); "
+            f"give a data file with --data PATH (one document per line)"
+        ) from None
+    return docs, (
+        f"notice: could not fetch the makemore names ({reason}); using the US Census "
+        f"first names from the 'names' package instead ({len(docs)} names)"
+    )
+
+
+def load_documents(data: PathArg | None = None, *, fetch: bool = True) -> tuple[list[str], str]:
+    """The training documents and a one-line description of where they come from.
+
+    In order of precedence: the file ``data`` if given, else ``input.txt`` in the
+    current directory if it exists, else :func:`builtin_names`.
+    """
+    if data is not None:
+        docs = read_documents(data)
+        return docs, f"data: {os.fspath(data)} ({len(docs)} documents)"
+    input_txt = Path.cwd() / "input.txt"
+    if input_txt.exists():
+        docs = read_documents(input_txt)
+        return docs, f"data: input.txt in the current directory ({len(docs)} documents)"
+    return builtin_names(fetch)
