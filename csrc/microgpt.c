@@ -316,6 +316,56 @@ int mg_sequence_forward_backward(mg_model *M, const int32_t *tokens, int n_token
     return mg_backward(M);
 }
 
+int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
+                   int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                   double lr, double beta1, double beta2, double eps,
+                   double *losses, double *lrs, long *steps_done) {
+    if (steps_done != NULL) *steps_done = 0;
+    if (M == NULL || corpus == NULL || doc_starts == NULL || losses == NULL || steps_done == NULL)
+        return MG_ERR_ARG;
+    if (n_docs < 1 || batch < 1 || step0 < 0 || n_steps < 0 || num_steps < 1) return MG_ERR_ARG;
+    const int T = M->cfg.block_size, V = M->cfg.vocab_size;
+    /* validate the whole corpus once */
+    for (int64_t d = 0; d < n_docs; d++) {
+        if (doc_starts[d + 1] - doc_starts[d] < 2 || doc_starts[d] < 0) return MG_ERR_LENGTH;
+        for (int64_t i = doc_starts[d]; i < doc_starts[d + 1]; i++)
+            if (corpus[i] < 0 || corpus[i] >= V) return MG_ERR_TOKEN;
+    }
+    size_t cap;
+    if (!mul_ok((size_t)batch, (size_t)T, &cap)) return MG_ERR_OVERFLOW;
+    int rc = mg_model_reserve(M, cap);
+    if (rc != MG_OK) return rc;
+    for (long i = 0; i < n_steps; i++) {
+        const long s = step0 + i;
+        size_t N = 0;
+        for (int b = 0; b < batch; b++) {
+            const int64_t d = (int64_t)(((uint64_t)s * (uint64_t)batch + (uint64_t)b) % (uint64_t)n_docs);
+            const int32_t *tok = corpus + doc_starts[d];
+            const int64_t len = doc_starts[d + 1] - doc_starts[d];
+            const int n = len - 1 < T ? (int)(len - 1) : T;
+            memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
+            memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
+            for (int t = 0; t < n; t++) M->positions[N + t] = t;
+            M->doc_lens[b] = n;
+            N += (size_t)n;
+        }
+        M->n_tokens = (int)N;
+        M->n_docs = batch;
+        double loss;
+        rc = M->dtype == MG_FLOAT64 ? mg_forward_f64(M, &loss) : mg_forward_f32(M, &loss);
+        losses[i] = loss;
+        if (rc != MG_OK) return rc;
+        rc = mg_backward(M);
+        if (rc != MG_OK) return rc;
+        const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
+        if (lrs != NULL) lrs[i] = lr_t;
+        rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+        if (rc != MG_OK) return rc;
+        *steps_done = i + 1;
+    }
+    return MG_OK;
+}
+
 /* ---------------------------------------------------------------- inference */
 int mg_infer_logits(mg_model *M, int token, int pos, double *logits) {
     if (M == NULL || logits == NULL) return MG_ERR_ARG;

@@ -133,6 +133,19 @@ int mg_adam_step(mg_model *model, double lr_t, double beta1, double beta2,
 int mg_sequence_forward_backward(mg_model *model, const int32_t *tokens,
                                  int n_tokens, double *loss);
 
+/* Run n_steps training steps of the SPEC's loop entirely in C over a
+ * pre-tokenised corpus.  Document d is corpus[doc_starts[d] .. doc_starts[d+1])
+ * = [BOS] + ids + [BOS] (at least 2 tokens).  Step s (s = step0 ..
+ * step0 + n_steps - 1) uses documents (s * batch + b) % n_docs, b < batch,
+ * each truncated to the block; Adam with lr_t = lr * (1 - s / num_steps) at
+ * t = s + 1, then zero grads.  losses[i] and lrs[i] (may be NULL) receive step
+ * step0 + i's loss and learning rate.  On error *steps_done says how many
+ * steps completed (the failing step's update is not applied). */
+int mg_train_steps(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                   int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                   double lr, double beta1, double beta2, double eps,
+                   double *losses, double *lrs, long *steps_done);
+
 /* ---- inference ----------------------------------------------------------- */
 /* Logits (V) for `token` at position `pos`, using and extending the KV cache
  * (positions 0 .. pos-1 must have been fed before).  Invalidates a saved

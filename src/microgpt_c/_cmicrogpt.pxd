@@ -1,5 +1,5 @@
 # Declarations of the C core (csrc/microgpt.h) for Cython.
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "microgpt.h" nogil:
     ctypedef enum mg_status:
@@ -53,6 +53,10 @@ cdef extern from "microgpt.h" nogil:
                      double eps, long t)
     int mg_sequence_forward_backward(mg_model *model, const int32_t *tokens,
                                      int n_tokens, double *loss)
+    int mg_train_steps(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                       int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                       double lr, double beta1, double beta2, double eps,
+                       double *losses, double *lrs, long *steps_done)
     int mg_infer_logits(mg_model *model, int token, int pos, double *logits)
     int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature)
 

@@ -4,7 +4,7 @@ inference) and Adam.  Inputs are validated here, before any C call; C status
 codes become the exceptions of microgpt_c.errors; the GIL is released around
 all C work."""
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 
 from ._cmicrogpt cimport *
@@ -15,7 +15,8 @@ import os
 import numpy as np
 
 from .errors import (STATUS_EXCEPTIONS, ConfigError, MicrogptError, ModelBusyError,
-                     ModelStateError, ModelTooLargeError, SequenceLengthError, TokenError)
+                     ModelStateError, ModelTooLargeError, NonFiniteLossError,
+                     SequenceLengthError, TokenError)
 
 __all__ = ["GPT", "Adam", "softmax_temperature", "openmp_enabled", "get_num_threads",
            "set_num_threads", "tensor_names"]
@@ -326,6 +327,58 @@ cdef class GPT:
         finally:
             self._busy = False
         check(rc, "adam step")
+
+    def train_steps(self, corpus, doc_starts, long step0, long n_steps, long num_steps,
+                    int batch_size=1, double lr=0.01, double beta1=0.85, double beta2=0.99,
+                    double eps=1e-8):
+        """Run ``n_steps`` steps of the SPEC's training loop in C.
+
+        ``corpus`` (int32) holds every document's tokens back to back, document
+        ``d`` being ``corpus[doc_starts[d]:doc_starts[d + 1]]`` = [BOS] + ids +
+        [BOS] (see :func:`microgpt_c.data.pack_corpus`).  Step ``s`` (0-based,
+        from ``step0``) trains on documents ``(s * batch_size + b) % n_docs``.
+        Returns ``(losses, lrs)``, float64 arrays of ``n_steps``.  If a loss
+        becomes NaN/inf, raises NonFiniteLossError with ``.step`` (1-based) and
+        ``.losses`` (the completed steps) set; that step's update is not applied.
+        """
+        cdef long done = 0
+        cdef int rc
+        if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
+            raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
+        for name, val in (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps)):
+            if not np.isfinite(val):
+                raise ValueError(f"{name} must be finite, got {val}")
+        cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus")
+        starts = np.asarray(doc_starts)
+        if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
+            raise ValueError("doc_starts must be a 1-D integer array of n_docs + 1 offsets")
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        if starts[0] != 0 or starts[-1] != c.shape[0] or np.any(np.diff(starts) < 2):
+            raise SequenceLengthError("doc_starts must start at 0, end at len(corpus) and give "
+                                      "every document at least 2 tokens ([BOS] + ids + [BOS])")
+        if batch_size > 2**31 // max(self.block_size, 1):
+            raise ConfigError(f"batch_size={batch_size} is too large")
+        cdef int64_t[::1] st = starts
+        cdef int64_t n_docs = st.shape[0] - 1
+        losses = np.zeros(max(n_steps, 1), dtype=np.float64)
+        lrs = np.zeros(max(n_steps, 1), dtype=np.float64)
+        cdef double[::1] lv = losses, rv = lrs
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_train_steps(self._m, &c[0], &st[0], n_docs, step0, n_steps, num_steps,
+                                    batch_size, lr, beta1, beta2, eps, &lv[0], &rv[0], &done)
+        finally:
+            self._busy = False
+        if rc == MG_ERR_NONFINITE:
+            err = NonFiniteLossError(
+                f"the loss became {losses[done]} at step {step0 + done + 1}; lower the "
+                "learning rate or use float64 (that step's update was not applied)")
+            err.step = step0 + done + 1
+            err.losses = losses[:done].copy()
+            raise err
+        check(rc, "training")
+        return losses[:n_steps], lrs[:n_steps]
 
     # ---------------------------------------------------------- inference
     def logits(self, token, pos):

@@ -11,7 +11,7 @@ it can be neither found in the cache nor downloaded, the US Census first names
 shipped in the PyPI package ``names`` are used instead, so that the program still
 runs offline.
 
-Only the Python standard library is used here.
+Only the Python standard library is used here (NumPy only in :func:`pack_corpus`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "builtin_names",
     "cache_dir",
     "load_documents",
+    "pack_corpus",
     "read_documents",
     "sha256_of_documents",
 ]
@@ -348,3 +349,19 @@ def load_documents(data: PathArg | None = None, *, fetch: bool = True) -> tuple[
         docs = read_documents(input_txt)
         return docs, f"data: input.txt in the current directory ({len(docs)} documents)"
     return builtin_names(fetch)
+
+
+def pack_corpus(tokenizer: Tokenizer, docs: Iterable[str]):
+    """Tokenise every document as ``[BOS] + ids + [BOS]`` and pack them back to
+    back: returns ``(corpus, doc_starts)``, an int32 array of all tokens and an
+    int64 array of ``len(docs) + 1`` offsets (document d is
+    ``corpus[doc_starts[d]:doc_starts[d + 1]]``), as ``GPT.train_steps`` takes."""
+    import numpy as np  # a run-time dependency of the package; only needed here
+
+    seqs = [tokenizer.doc_tokens(doc) for doc in docs]
+    if not seqs:
+        raise DataError("there are no documents to train on")
+    starts = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in seqs], out=starts[1:])
+    corpus = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(starts[-1]))
+    return corpus, starts
