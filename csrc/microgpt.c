@@ -254,10 +254,15 @@ int mg_model_reserve(mg_model *M, size_t max_tokens) {
 /* ----------------------------------------------------------------- training */
 int mg_forward(mg_model *M, const int32_t *inputs, const int32_t *targets,
                const int32_t *doc_lens, int n_docs, double *loss) {
+    return mg_forward_partial(M, inputs, targets, doc_lens, n_docs, n_docs, loss);
+}
+
+int mg_forward_partial(mg_model *M, const int32_t *inputs, const int32_t *targets,
+                       const int32_t *doc_lens, int n_docs, int total_docs, double *loss) {
     if (M == NULL || inputs == NULL || targets == NULL || doc_lens == NULL || loss == NULL)
         return MG_ERR_ARG;
     M->have_forward = 0;
-    if (n_docs < 1) return MG_ERR_LENGTH;
+    if (n_docs < 1 || total_docs < n_docs) return MG_ERR_LENGTH;
     size_t N = 0;
     for (int d = 0; d < n_docs; d++) {
         if (doc_lens[d] < 1 || doc_lens[d] > M->cfg.block_size) return MG_ERR_LENGTH;
@@ -279,6 +284,7 @@ int mg_forward(mg_model *M, const int32_t *inputs, const int32_t *targets,
         for (int t = 0; t < doc_lens[d]; t++) M->positions[off++] = t;
     M->n_tokens = (int)N;
     M->n_docs = n_docs;
+    M->total_docs = total_docs;
     return M->dtype == MG_FLOAT64 ? mg_forward_f64(M, loss) : mg_forward_f32(M, loss);
 }
 
@@ -351,6 +357,7 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
         }
         M->n_tokens = (int)N;
         M->n_docs = batch;
+        M->total_docs = batch;
         double loss;
         rc = M->dtype == MG_FLOAT64 ? mg_forward_f64(M, &loss) : mg_forward_f32(M, &loss);
         losses[i] = loss;

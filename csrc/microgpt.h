@@ -98,6 +98,7 @@ typedef struct mg_model {
     int32_t *positions;      /* (max_tokens) position of each token in its document */
     int32_t *doc_lens;       /* (max_tokens) */
     int n_tokens, n_docs;
+    int total_docs;          /* the loss is (sum of document losses) / total_docs */
     int have_forward;        /* a training forward is saved for backward */
     int num_threads;         /* 0: OpenMP default */
 } mg_model;
@@ -122,6 +123,11 @@ int mg_model_reserve(mg_model *model, size_t max_tokens);
  * doc_lens.  *loss = mean over documents of each document's mean token loss. */
 int mg_forward(mg_model *model, const int32_t *inputs, const int32_t *targets,
                const int32_t *doc_lens, int n_docs, double *loss);
+/* Same, for this process's share of a larger batch (data parallelism): the
+ * loss is (sum of these documents' mean token losses) / total_docs, so the
+ * shares' losses and gradients add up to the whole batch's. */
+int mg_forward_partial(mg_model *model, const int32_t *inputs, const int32_t *targets,
+                       const int32_t *doc_lens, int n_docs, int total_docs, double *loss);
 /* Accumulate d(loss)/d(params) of the last forward into the gradients. */
 int mg_backward(mg_model *model);
 int mg_zero_grad(mg_model *model);

@@ -110,7 +110,7 @@ int FN(mg_forward)(mg_model *M, double *loss) {
     FN(crossentropy_softmax_forward)(losses, acts + A->probs, acts + A->logits,
                                      M->targets, N, V);
     /* mean over each document's positions, then mean over the documents */
-    const REAL inv_docs = (REAL)1 / (REAL)M->n_docs;
+    const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
     REAL batch = 0;
     size_t off = 0;
     for (int d = 0; d < M->n_docs; d++) {

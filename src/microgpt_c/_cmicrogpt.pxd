@@ -47,6 +47,8 @@ cdef extern from "microgpt.h" nogil:
 
     int mg_forward(mg_model *model, const int32_t *inputs, const int32_t *targets,
                    const int32_t *doc_lens, int n_docs, double *loss)
+    int mg_forward_partial(mg_model *model, const int32_t *inputs, const int32_t *targets,
+                           const int32_t *doc_lens, int n_docs, int total_docs, double *loss)
     int mg_backward(mg_model *model)
     int mg_zero_grad(mg_model *model)
     int mg_adam_step(mg_model *model, double lr_t, double beta1, double beta2,

@@ -246,11 +246,12 @@ cdef class GPT:
         the block) and its gradient, ACCUMULATED into :attr:`grads`."""
         return self.forward_backward_batch([tokens])
 
-    def forward_backward_batch(self, sequences):
+    def forward_backward_batch(self, sequences, total_docs=None):
         """Mean over the documents of each one's mean token loss; gradients
         accumulated.  Documents are packed back to back; attention never
-        crosses a document boundary."""
-        loss = self.forward_batch(sequences)
+        crosses a document boundary.  See :meth:`forward_batch` for
+        ``total_docs``."""
+        loss = self.forward_batch(sequences, total_docs)
         self.backward()
         return loss
 
@@ -258,9 +259,12 @@ cdef class GPT:
         """Loss of one document, saving activations for :meth:`backward`."""
         return self.forward_batch([tokens])
 
-    def forward_batch(self, sequences):
+    def forward_batch(self, sequences, total_docs=None):
+        """Forward a batch; ``total_docs`` (default: the number of documents)
+        is the count the loss is averaged over, so that shares of one batch
+        (e.g. one per MPI rank) have losses and gradients that add up."""
         cdef double loss = 0
-        cdef int rc, n_docs
+        cdef int rc, n_docs, total
         inputs, targets, lens = [], [], []
         if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__"):
             raise TypeError("sequences must be a list of token sequences")
@@ -280,10 +284,11 @@ cdef class GPT:
         cdef int32_t[::1] tgt = np.concatenate(targets)
         cdef int32_t[::1] dl = np.asarray(lens, dtype=np.int32)
         n_docs = len(lens)
+        total = n_docs if total_docs is None else as_size(total_docs, "total_docs", n_docs)
         self._enter()
         try:
             with nogil:
-                rc = mg_forward(self._m, &inp[0], &tgt[0], &dl[0], n_docs, &loss)
+                rc = mg_forward_partial(self._m, &inp[0], &tgt[0], &dl[0], n_docs, total, &loss)
         finally:
             self._busy = False
         check(rc, "forward")
