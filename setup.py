@@ -19,7 +19,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 C_SOURCES = sorted(glob.glob(os.path.join("csrc", "*.c")))
-BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-Wall"]
+BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno",
+               # keep pow(x, -1) a libm call, as in the reference (GCC would fold it to 1/x)
+               "-fno-builtin-pow", "-fno-builtin-powf", "-Wall"]
 EXTRA_CFLAGS = os.environ.get("MICROGPT_C_CFLAGS", "").split()
 # (compile flags, link flags) to try, in order
 OPENMP_CANDIDATES = [(["-fopenmp"], ["-fopenmp"]),

@@ -2,6 +2,7 @@
 #include "microgpt.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define REAL float

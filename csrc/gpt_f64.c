@@ -3,6 +3,7 @@
 #include "microgpt.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define REAL double

@@ -136,7 +136,19 @@ int FN(mg_backward)(mg_model *M) {
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
     FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
-    FN(zero)(dacts, A->total);
+    /* zero the first N rows of every activation gradient that is accumulated */
+    const size_t NC = (size_t)N * C;
+    FN(zero)(dacts + A->emb, NC);
+    FN(zero)(dacts + A->x0, NC);
+    FN(zero)(dacts + A->logits, (size_t)N * V);
+    for (int l = 0; l < L; l++) {
+        FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
+        REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
+                      da.fcproj, da.res3};
+        for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j], NC);
+        FN(zero)(da.fch, 4 * NC);
+        FN(zero)(da.fchr, 4 * NC);
+    }
 
     /* input of lm_head: output of the last block, or x0 when L == 0 */
     REAL *x = L > 0 ? FN(layer_acts)(M, acts, L - 1).res3 : acts + A->x0;

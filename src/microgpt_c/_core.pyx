@@ -391,12 +391,13 @@ cdef class GPT:
         position ``pos``, using the KV cache: positions 0..pos-1 must have been
         fed before (a new sample starts at pos 0)."""
         cdef int rc, tok, p
-        tok = operator.index(token)
-        p = operator.index(pos)
-        if not 0 <= tok < self.vocab_size:
-            raise TokenError(f"token {tok} is not a token id (valid ids are 0..{self.vocab_size - 1})")
-        if not 0 <= p < self.block_size:
-            raise SequenceLengthError(f"pos {p} is outside the block (0..{self.block_size - 1})")
+        token, pos = operator.index(token), operator.index(pos)
+        if not 0 <= token < self.vocab_size:
+            raise TokenError(f"token {token} is not a token id "
+                             f"(valid ids are 0..{self.vocab_size - 1})")
+        if not 0 <= pos < self.block_size:
+            raise SequenceLengthError(f"pos {pos} is outside the block (0..{self.block_size - 1})")
+        tok, p = token, pos
         out = np.empty(self.vocab_size, dtype=np.float64)
         cdef double[::1] z = out
         self._enter()

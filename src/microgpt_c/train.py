@@ -2,277 +2,328 @@
 
 ``python -m microgpt_c.train`` with no arguments does what the original
 microgpt program does: it reads ``input.txt`` (else the built-in names), trains
-the default one-layer GPT for 1000 steps printing the loss, then prints 20
+the default one-layer GPT for 1000 steps showing the loss, then prints 20
 sampled names.  Every setting has a flag; see ``--help``.
+
+Also: checkpoints (``--out``, ``--save-every``, ``--resume``, exact resume),
+``--sample-only``, progress display (``--progress``, ``--quiet``), loss plots
+(``--plot``).  Errors print one line ``error: ...`` on stderr and exit with
+status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130.
+
+This module is also callable: ``microgpt_c.train(config, data, ...)`` is
+:func:`microgpt_c.api.train`, even after ``import microgpt_c.train``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
-import random
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, List, Optional, TextIO
+import types
+from typing import Any, Dict, List, Optional, TextIO
 
 from . import data as data_mod
-from .errors import ConfigError, MicrogptError, NonFiniteLossError
+from ._version import __version__
+from .api import (BACKENDS, RUN_FIELDS, GPT, TrainConfig, TrainingInterrupted, TrainResult,
+                  check_plot_target, config_from_checkpoint, make_model, sample_names,
+                  save_loss_plot, softmax_for, train)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .errors import MicrogptError, NonFiniteLossError
+from .sample import (_broken_pipe, _nonneg_int, _one_line, _positive_float, _positive_int,
+                     format_samples, sample_checkpoint)
 
-BACKENDS = ("c", "reference")
+__all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
+           "make_model", "sample_names", "softmax_for", "train"]
 
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; defaults are the SPEC's (the original program's)."""
-    data: Optional[str] = None          # data file; None: input.txt, else built-in names
-    steps: int = 1000
-    n_layer: int = 1
-    n_embd: int = 16
-    n_head: int = 4
-    block_size: int = 16
-    batch_size: int = 1
-    lr: float = 0.01
-    beta1: float = 0.85
-    beta2: float = 0.99
-    eps: float = 1e-8
-    seed: int = 42
-    temperature: float = 0.5
-    num_samples: int = 20
-    dtype: str = "float64"
-    backend: str = dataclasses.field(
-        default_factory=lambda: os.environ.get("MICROGPT_C_BACKEND", "c") or "c")
-    threads: Optional[int] = None
-    metrics_out: Optional[str] = None
-
-    def validate(self) -> "TrainConfig":
-        """Raise ConfigError naming the first invalid setting."""
-        for name in ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.num_samples < 0:
-            raise ConfigError(f"num-samples must be >= 0, got {self.num_samples}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n-embd ({self.n_embd}) must be divisible by n-head ({self.n_head})")
-        for name in ("lr", "temperature", "eps"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        if self.dtype not in ("float64", "float32"):
-            raise ConfigError(f"dtype must be float64 or float32, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
-                              " (check MICROGPT_C_BACKEND)")
-        if self.backend == "reference" and self.dtype != "float64":
-            raise ConfigError("the reference backend is float64 only; use --dtype float64")
-        return self
-
-
-@dataclass
-class TrainResult:
-    model: object
-    tokenizer: data_mod.Tokenizer
-    docs: List[str]
-    losses: List[float]
-    samples: List[str]
-    seconds: float
-
-
-def make_model(cfg: TrainConfig, vocab_size: int):
-    if cfg.backend == "reference":
-        from .pymodel import ReferenceBackendGPT
-        return ReferenceBackendGPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head,
-                                   cfg.block_size, cfg.dtype)
-    from ._core import GPT
-    return GPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.dtype,
-               max_tokens=cfg.block_size * cfg.batch_size)
-
-
-def softmax_for(model):
-    if getattr(model, "backend", "c") == "reference":
-        return model.softmax_temperature
-    from ._core import softmax_temperature
-    return softmax_temperature
-
-
-def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_samples: int,
-                 temperature: float) -> List[str]:
-    """The SPEC's sampling: from BOS, one ``rng.choices`` draw per position,
-    stopping at BOS or the end of the block."""
-    softmax = softmax_for(model)
-    population = range(tokenizer.vocab_size)
-    samples = []
-    for _ in range(num_samples):
-        token, out = tokenizer.bos, []
-        for pos in range(model.block_size):
-            probs = softmax(model.logits(token, pos), temperature)
-            token = rng.choices(population, weights=probs.tolist())[0]
-            if token == tokenizer.bos:
-                break
-            out.append(tokenizer.uchars[token])
-        samples.append("".join(out))
-    return samples
-
-
-def train(cfg: TrainConfig, docs: Optional[List[str]] = None,
-          on_steps: Optional[Callable[[int, List[float], List[float]], None]] = None,
-          log: Callable[[str], None] = lambda s: None) -> TrainResult:
-    """Run the SPEC's program: shuffle, init, train ``cfg.steps`` steps, sample.
-
-    ``docs`` default to :func:`microgpt_c.data.load_documents` of ``cfg.data``.
-    ``on_steps(first_step, losses, lrs)`` receives the losses of each chunk of
-    steps as they complete (1-based ``first_step``)."""
-    cfg.validate()
-    if docs is None:
-        docs, description = data_mod.load_documents(cfg.data)
-        print(description, file=sys.stderr)
-    docs = list(docs)
-    if not docs:
-        raise data_mod.DataError("there are no documents to train on")
-    if cfg.threads is not None:
-        from ._core import set_num_threads
-        set_num_threads(cfg.threads)
-    rng = random.Random(cfg.seed)
-    rng.shuffle(docs)
-    tokenizer = data_mod.Tokenizer(docs)
-    log(f"num docs: {len(docs)}")
-    log(f"vocab size: {tokenizer.vocab_size}")
-    model = make_model(cfg, tokenizer.vocab_size)
-    model.init_weights(rng)
-    log(f"num params: {model.num_params}")
-    corpus, starts = data_mod.pack_corpus(tokenizer, docs)
-
-    losses: List[float] = []
-    t0 = time.perf_counter()
-    chunk, step = 1, 0
-    while step < cfg.steps:
-        n = min(chunk, cfg.steps - step)
-        tc = time.perf_counter()
-        try:
-            chunk_losses, lrs = model.train_steps(corpus, starts, step, n, cfg.steps,
-                                                  cfg.batch_size, cfg.lr, cfg.beta1,
-                                                  cfg.beta2, cfg.eps)
-        except NonFiniteLossError as err:
-            done = list(getattr(err, "losses", []))
-            losses.extend(done)
-            if on_steps is not None and done:
-                on_steps(step + 1, done, [])
-            raise
-        chunk_losses, lrs = chunk_losses.tolist(), lrs.tolist()
-        losses.extend(chunk_losses)
-        if on_steps is not None:
-            on_steps(step + 1, chunk_losses, lrs)
-        step += n
-        # grow the chunk while it takes under 50 ms, so progress stays live
-        if time.perf_counter() - tc < 0.05:
-            chunk = min(chunk * 2, 1 << 14)
-    seconds = time.perf_counter() - t0
-    samples = sample_names(model, tokenizer, rng, cfg.num_samples, cfg.temperature)
-    return TrainResult(model, tokenizer, docs, losses, samples, seconds)
+PROGRESS_MODES = ("auto", "bar", "plain", "steps")
+HEADER = "--- inference (new, hallucinated names) ---"
+# CLI options that are not TrainConfig fields
+RUN_OPTIONS = ("out", "save_every", "resume", "stop_after", "plot", "progress", "log_every",
+               "quiet", "sample_only")
 
 
 # ------------------------------------------------------------------ the CLI
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(backend="c")
+    S = argparse.SUPPRESS  # options not given are absent: --resume takes them from the checkpoint
     p = argparse.ArgumentParser(
         prog="python -m microgpt_c.train",
         description="Train microgpt (a one-layer character GPT) on a list of documents, one "
                     "per line, and print sampled new ones. With no arguments it reproduces "
                     "the original microgpt program.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None, metavar="PATH",
+        epilog="With --resume, settings not given are taken from the checkpoint; giving a "
+               "setting that defines the run (data, steps, model size, batch size, lr, seed, "
+               "dtype) with a different value is an error.")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", default=S, metavar="PATH",
                    help="UTF-8 text file, one document per line (default: input.txt in the "
                         "current directory if present, else the built-in names data set)")
-    p.add_argument("--steps", type=int, default=d.steps, help="number of training steps")
-    p.add_argument("--n-layer", type=int, default=d.n_layer, help="number of transformer layers")
-    p.add_argument("--n-embd", type=int, default=d.n_embd, help="embedding width")
-    p.add_argument("--n-head", type=int, default=d.n_head,
-                   help="attention heads (must divide --n-embd)")
-    p.add_argument("--block-size", type=int, default=d.block_size,
-                   help="maximum context length; longer documents are truncated")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="documents per step (1 is exactly the original program)")
-    p.add_argument("--lr", type=float, default=d.lr,
-                   help="peak learning rate of Adam (decays linearly to 0)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the random stream (shuffle, init, sampling)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help="sampling temperature, > 0 (lower is more conservative)")
-    p.add_argument("--num-samples", type=int, default=d.num_samples,
-                   help="names to sample after training")
-    p.add_argument("--dtype", choices=("float64", "float32"), default=d.dtype,
-                   help="floating-point precision of the model")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="'c' (fast) or 'reference' (pure-Python oracle, float64); default: "
-                        "$MICROGPT_C_BACKEND or c")
-    p.add_argument("--threads", type=int, default=None,
+    g.add_argument("--n-layer", type=_positive_int, default=S, metavar="N",
+                   help=f"number of transformer layers (default: {d.n_layer})")
+    g.add_argument("--n-embd", type=_positive_int, default=S, metavar="N",
+                   help=f"embedding width (default: {d.n_embd})")
+    g.add_argument("--n-head", type=_positive_int, default=S, metavar="N",
+                   help=f"attention heads, must divide --n-embd (default: {d.n_head})")
+    g.add_argument("--block-size", type=_positive_int, default=S, metavar="N",
+                   help="maximum context length; longer documents are truncated "
+                        f"(default: {d.block_size})")
+    g.add_argument("--dtype", choices=("float64", "float32"), default=S,
+                   help=f"floating-point precision of the model (default: {d.dtype})")
+    g.add_argument("--backend", choices=BACKENDS, default=S,
+                   help="'c' (fast) or 'reference' (pure-Python oracle, float64, no "
+                        "checkpoints) (default: $MICROGPT_C_BACKEND or c)")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=_positive_int, default=S, metavar="N",
+                   help=f"total training steps; the learning rate decays linearly to 0 over "
+                        f"them (default: {d.steps})")
+    g.add_argument("--batch-size", type=_positive_int, default=S, metavar="N",
+                   help=f"documents per step; 1 is exactly the original program "
+                        f"(default: {d.batch_size})")
+    g.add_argument("--lr", type=_positive_float, default=S,
+                   help=f"peak learning rate of Adam (default: {d.lr})")
+    g.add_argument("--seed", type=int, default=S,
+                   help=f"seed of the random stream: shuffle, init, sampling (default: {d.seed})")
+    g.add_argument("--threads", type=_positive_int, default=S, metavar="N",
                    help="OpenMP threads for the C kernels (default: $OMP_NUM_THREADS or all "
                         "cores); results do not depend on it")
-    p.add_argument("--metrics-out", default=None, metavar="FILE",
-                   help="write one JSON object per step: {\"step\", \"loss\", \"lr\"}")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--out", default=S, metavar="DIR",
+                   help=f"save DIR/{CHECKPOINT_NAME} at the end, every --save-every steps and "
+                        "on Ctrl-C (atomically); DIR is created if needed")
+    g.add_argument("--save-every", type=_positive_int, default=S, metavar="K",
+                   help="also save a checkpoint every K steps (needs --out)")
+    g.add_argument("--resume", default=S, metavar="PATH",
+                   help="continue the run saved in this checkpoint (or --out directory) "
+                        "exactly; the data must be the same")
+    g.add_argument("--stop-after", type=_positive_int, default=S, metavar="N",
+                   help="stop (save and sample) after step N; the learning-rate schedule still "
+                        "spans --steps, so --resume continues the same run")
+    g.add_argument("--sample-only", action="store_true", default=S,
+                   help="do not train: sample from the --resume checkpoint (like "
+                        "python -m microgpt_c.sample)")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--num-samples", type=_nonneg_int, default=S, metavar="N",
+                   help=f"names to sample after training (default: {d.num_samples})")
+    g.add_argument("--temperature", type=_positive_float, default=S, metavar="T",
+                   help=f"sampling temperature > 0; lower is more conservative "
+                        f"(default: {d.temperature})")
+    g.add_argument("--top-k", type=_positive_int, default=S, metavar="K",
+                   help="sample only from the K most likely next characters (default: all)")
+    g.add_argument("--prefix", default=S, metavar="TEXT",
+                   help="start every sample with TEXT (its characters must occur in the data)")
+    g = p.add_argument_group("output")
+    g.add_argument("--progress", choices=PROGRESS_MODES, default=S,
+                   help="auto: a progress bar on a terminal, else 'plain'; bar: a tqdm bar "
+                        "(loss, steps/s, ETA) on stderr; plain: a line every --log-every "
+                        "steps; steps: the original program's per-step line, rewritten with "
+                        "\\r (default: auto)")
+    g.add_argument("--log-every", type=_positive_int, default=S, metavar="N",
+                   help="steps between lines of --progress plain (default: steps/10)")
+    g.add_argument("--quiet", "-q", action="store_true", default=S,
+                   help="print only the sampled names (errors still go to stderr)")
+    g.add_argument("--plot", default=S, metavar="FILE",
+                   help="save the loss curve (per-step loss and a moving average) to FILE, "
+                        "e.g. loss.png; needs matplotlib: pip install 'microgpt-c[plot]'")
+    g.add_argument("--metrics-out", default=S, metavar="FILE",
+                   help='write one JSON object per step: {"step", "loss", "lr"}')
+    p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
     return p
 
 
-class _StepPrinter:
-    """Prints the reference program's per-step line (rewritten with \\r) and
-    writes --metrics-out lines."""
+# ------------------------------------------------------------------ progress
+def _fmt_eta(seconds: float) -> str:
+    if not seconds < 1e8:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
-    def __init__(self, num_steps: int, out: TextIO, metrics: Optional[TextIO]):
-        self.num_steps, self.out, self.metrics = num_steps, out, metrics
+
+class Progress:
+    """Receives each chunk of completed steps (``on_steps``) and shows it."""
+
+    def __init__(self, mode: str, num_steps: int, stop: int, out: TextIO, err: TextIO,
+                 log_every: Optional[int] = None, metrics: Optional[TextIO] = None):
+        self.mode, self.num_steps, self.stop, self.out, self.err = mode, num_steps, stop, out, err
+        self.log_every = log_every or max(1, num_steps // 10)
+        self.metrics = metrics
+        self.bar: Any = None
+        self.t0: Optional[float] = None
+        self.first_step: Optional[int] = None
+        self.pending: List[float] = []   # losses since the last plain line
+        self.wrote_cr = False            # 'steps' mode left the cursor on a \r line
 
     def __call__(self, first: int, losses: List[float], lrs: List[float]) -> None:
-        lines = [f"step {first + i:4d} / {self.num_steps:4d} | loss {loss:.4f}"
-                 for i, loss in enumerate(losses)]
-        self.out.write("\r".join(lines) + "\r")
-        self.out.flush()
+        if self.t0 is None:
+            self.t0, self.first_step = time.perf_counter(), first
+        if self.mode == "steps":
+            lines = [f"step {first + i:4d} / {self.num_steps:4d} | loss {loss:.4f}"
+                     for i, loss in enumerate(losses)]
+            self.out.write("\r".join(lines) + "\r")
+            self.out.flush()
+            self.wrote_cr = True
+        elif self.mode == "plain":
+            self._plain(first, losses)
+        elif self.mode == "bar":
+            self._bar(first, losses)
         if self.metrics is not None:
             for i, (loss, lr) in enumerate(zip(losses, lrs)):
                 self.metrics.write(json.dumps({"step": first + i, "loss": loss, "lr": lr}) + "\n")
             self.metrics.flush()
 
+    def _plain(self, first: int, losses: List[float]) -> None:
+        assert self.t0 is not None and self.first_step is not None
+        for i, loss in enumerate(losses):
+            step = first + i
+            self.pending.append(loss)
+            if step % self.log_every == 0 or step == self.stop:
+                elapsed = time.perf_counter() - self.t0
+                done = step - self.first_step + 1
+                rate = done / elapsed if elapsed > 0 else float("inf")
+                eta = (self.stop - step) / rate if rate > 0 else float("inf")
+                avg = sum(self.pending) / len(self.pending)
+                self.out.write(f"step {step:4d} / {self.num_steps:4d} | loss {loss:.4f} | "
+                               f"avg {avg:.4f} | {rate:.0f} steps/s | eta {_fmt_eta(eta)}\n")
+                self.pending = []
+        self.out.flush()
 
+    def _bar(self, first: int, losses: List[float]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.stop, initial=first - 1, unit="step", file=self.err,
+                            dynamic_ncols=True, leave=True, desc="training")
+        self.bar.update(len(losses))
+        if losses:
+            self.bar.set_postfix_str(f"loss {losses[-1]:.4f}", refresh=False)
+
+    def close(self, newline: bool = True) -> None:
+        """Close the bar; end a \r-rewritten line with a newline if ``newline``."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.wrote_cr and newline:
+            self.out.write("\n")
+            self.out.flush()
+            self.wrote_cr = False
+
+
+def _resolve_progress(mode: str, err: TextIO) -> str:
+    if mode != "auto":
+        return mode
+    try:
+        return "bar" if err.isatty() else "plain"
+    except (AttributeError, ValueError):
+        return "plain"
+
+
+# ------------------------------------------------------------------ main
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
 
 
+def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet: bool) -> int:
+    if "resume" not in opts:
+        return _error("--sample-only needs --resume PATH (a checkpoint to sample from)")
+    ckpt = load_checkpoint(opts["resume"])
+    samples = sample_checkpoint(ckpt, num_samples=given.get("num_samples"),
+                                temperature=given.get("temperature"), top_k=given.get("top_k"),
+                                prefix=given.get("prefix"), seed=given.get("seed"),
+                                threads=given.get("threads"))
+    if not quiet:
+        out.write(f"{HEADER}\n")
+    out.write(format_samples(samples))
+    out.flush()
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    kwargs = {k: v for k, v in vars(args).items() if v is not None}
-    cfg = TrainConfig(**kwargs)
-    out = sys.stdout
+    args = vars(build_parser().parse_args(argv))
+    opts = {k: args.pop(k) for k in RUN_OPTIONS if k in args}
+    given = args  # TrainConfig fields given on the command line
+    quiet = bool(opts.get("quiet", False))
+    out, err = sys.stdout, sys.stderr
+
+    def log(line: str) -> None:
+        if not quiet:
+            print(line, file=out, flush=True)
+
+    def info(line: str) -> None:
+        if not quiet:
+            print(line, file=err, flush=True)
+
+    progress: Optional[Progress] = None
     metrics = None
     try:
+        if opts.get("sample_only"):
+            return _sample_only(opts, given, out, quiet)
+        ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
+        cfg = config_from_checkpoint(ckpt, **given) if ckpt is not None else TrainConfig(**given)
         cfg.validate()
+        if "plot" in opts:
+            check_plot_target(opts["plot"])
+        if "save_every" in opts and "out" not in opts:
+            return _error("--save-every needs --out DIR")
+        stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
+        mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
         if cfg.metrics_out:
             metrics = open(cfg.metrics_out, "w", encoding="utf-8")
-        result = train(cfg, on_steps=_StepPrinter(cfg.steps, out, metrics),
-                       log=lambda s: print(s, file=out, flush=True))
-    except NonFiniteLossError as err:
-        print(file=out)
-        return _error(str(err))
-    except (data_mod.DataError, MicrogptError, ValueError, OSError, MemoryError) as err:
-        return _error(str(err))
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        progress = Progress(mode, cfg.steps, stop, out, err, opts.get("log_every"), metrics)
+        result = train(cfg, None, on_steps=progress, log=log, resume=ckpt,
+                       out=opts.get("out"), save_every=opts.get("save_every"),
+                       stop_after=opts.get("stop_after"), info=info)
+        progress.close(newline=False)  # the header below starts with one, as the original's
+        if result.checkpoint is not None:
+            info(f"checkpoint: {result.checkpoint} (step {len(result.losses)} / {cfg.steps})")
+        if "plot" in opts:
+            info(f"loss plot: {save_loss_plot(result.losses, opts['plot'])}")
+        if not quiet:
+            out.write(f"\n{HEADER}\n")
+        out.write(format_samples(result.samples))
+        out.flush()
+        return 0
+    except TrainingInterrupted as exc:
+        if progress is not None:
+            progress.close()
+        where = (f"; checkpoint saved to {exc.checkpoint} (continue with --resume "
+                 f"{exc.checkpoint})" if exc.checkpoint is not None
+                 else " (no --out given: nothing saved)")
+        print(f"interrupted after step {exc.step}{where}", file=err)
         return 130
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        print("interrupted", file=err)
+        return 130
+    except NonFiniteLossError as exc:
+        if progress is not None:
+            progress.close()
+        saved = getattr(exc, "checkpoint", None)
+        note = (f"; the last checkpoint, at step {getattr(exc, 'checkpoint_step', '?')}, is "
+                f"{saved} (left unchanged)" if saved is not None else "")
+        return _error(_one_line(exc) + note)
+    except BrokenPipeError:
+        return _broken_pipe()
+    except (data_mod.DataError, MicrogptError, ValueError, OSError, MemoryError) as exc:
+        if progress is not None:
+            progress.close()
+        return _error(_one_line(exc))
     finally:
         if metrics is not None:
             metrics.close()
-    print("\n--- inference (new, hallucinated names) ---", file=out)
-    for i, name in enumerate(result.samples):
-        print(f"sample {i + 1:2d}: {name}", file=out)
-    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """``import microgpt_c.train`` rebinds the package attribute ``train`` to
+    this module; calling it still trains."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,451 @@
+"""Benchmark microgpt_c against the reference, NumPy and PyTorch; write a report.
+
+    python bench/run.py [--quick] [--out bench/REPORT.md] [--png bench/report.png]
+
+Measures the training loop (time per step, and per name when batched) over a
+matrix of sizes x implementations x dtypes x batch sizes x threads, sampling
+throughput, peak RSS of the default training run for 1000 vs 5000 steps, and
+the 2-thread speed-up with a bit-identical check; writes a Markdown report and
+a PNG chart, and prints the table.  Each thread count runs in a fresh
+subprocess with OMP_NUM_THREADS set (so the OpenMP runtime honours it); the
+baselines run in the one-thread subprocess, with single-threaded BLAS / torch.
+``--quick`` (fewer repeats, shorter timings) takes well under two minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import benchlib as B
+
+SETTINGS = {
+    "full": {"min_time": 0.3, "repeats": 5, "ref_steps": 5, "fingerprint_steps": 20,
+             "torch_budget": 300.0},
+    "quick": {"min_time": 0.05, "repeats": 3, "ref_steps": 2, "fingerprint_steps": 8,
+              "torch_budget": 20.0},
+}
+RSS_STEPS = (1000, 5000)
+THREADS = (1, 2)
+# (name, goal, unit, how the measured value is found); figures are one thread
+TARGETS = [
+    ("16/16, 1 name/step, float64", 6.0, "µs/step", ("16/16", "float64", 1)),
+    ("16/16, 1 name/step, float32", 4.0, "µs/step", ("16/16", "float32", 1)),
+    ("64/64 1 layer, float32", 28.0, "µs/step", ("64/64 1L", "float32", 1)),
+    ("64/64 1 layer, float64", 56.0, "µs/step", ("64/64 1L", "float64", 1)),
+    ("64/64 4 layers, float32", 120.0, "µs/step", ("64/64 4L", "float32", 1)),
+    ("16/16 batched B=16, float32, 1 thread", 2.5, "µs/name", ("16/16", "float32", 16)),
+]
+SPEEDUP_CASE = ("64/64 1L", "float32", 32)
+SPEEDUP_GOAL = 1.7
+
+
+# ===================================================================== workers
+def worker(threads: int, settings: dict, baselines: bool, torch_ok: bool) -> dict:
+    """Everything measured at one thread count (in its own process)."""
+    import microgpt_c
+    if microgpt_c.openmp_enabled():
+        microgpt_c.set_num_threads(threads)
+    s = settings
+    data = B.load_dataset()
+    rows, notes = [], []
+
+    def row(size, impl, dtype, batch, sec):
+        rows.append({"size": size.label, "impl": impl, "dtype": dtype, "batch": batch,
+                     "threads": threads, "us_step": sec * 1e6})
+
+    for size in B.SIZES:
+        for dtype in B.DTYPES:
+            for batch in (1, size.batch):
+                row(size, "microgpt_c", dtype, batch,
+                    B.time_c_step(size, dtype, data, batch, s["min_time"], s["repeats"]))
+    fingerprints = {
+        f"{size.label}|{dtype}|{batch}": B.determinism_fingerprint(
+            size, dtype, data, batch, s["fingerprint_steps"])
+        for size in B.SIZES for dtype in B.DTYPES for batch in (1, size.batch)}
+    out = {"threads": threads, "omp_max_threads": microgpt_c.get_num_threads(),
+           "rows": rows, "fingerprints": fingerprints, "notes": notes}
+    if not baselines:
+        return out
+
+    size16 = B.SIZES[0]
+    out["sampling"] = {dtype: B.time_sampling(B.trained_model(size16, dtype, data), data,
+                                              s["min_time"], s["repeats"])
+                       for dtype in B.DTYPES}
+    row(size16, "reference", "float64", 1, B.time_reference_step(size16, data, s["ref_steps"]))
+    for size in B.SIZES:
+        for dtype in B.DTYPES:
+            for batch in (1, size.batch):
+                row(size, "numpy", dtype, batch,
+                    B.time_numpy_step(size, dtype, data, batch, s["min_time"], s["repeats"]))
+    import numpy_gpt
+    out["numpy_check"] = numpy_gpt.self_check()
+    if torch_ok:
+        try:
+            import torch
+        except Exception as exc:  # installed but broken
+            notes.append(f"PyTorch baseline skipped (import torch failed: {exc})")
+            return out
+        torch.set_num_threads(threads)
+        out["torch_version"] = torch.__version__
+        deadline = time.perf_counter() + s["torch_budget"]
+        for size in B.SIZES:
+            for dtype in B.DTYPES:
+                for batch in (1, size.batch):
+                    if time.perf_counter() > deadline:
+                        notes.append(f"torch {size.label} {dtype} B={batch}: skipped "
+                                     f"(time budget of {s['torch_budget']:.0f} s used up)")
+                        continue
+                    row(size, "torch", dtype, batch,
+                        B.time_torch_step(size, dtype, data, batch, s["min_time"], s["repeats"]))
+    return out
+
+
+def run_subprocess(args, threads=None) -> dict:
+    env = dict(os.environ)
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve())] + args, env=env,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_threads(rows, one: dict, two: dict) -> dict:
+    """Speed-up of SPEEDUP_CASE on 2 threads vs 1, and which fixed runs are bit-identical."""
+    idx = index_rows(rows)
+    size, dtype, batch = SPEEDUP_CASE
+    t1 = idx[(size, "microgpt_c", dtype, batch, 1)]
+    t2 = idx[(size, "microgpt_c", dtype, batch, 2)]
+    f1, f2 = one["fingerprints"], two["fingerprints"]
+    different = [k.replace("|", " ") for k in f1 if f1[k] != f2.get(k)]
+    return {"t1": t1, "t2": t2, "speedup": t1 / t2,
+            "identical": f1[f"{size}|{dtype}|{batch}"] == f2[f"{size}|{dtype}|{batch}"],
+            "configs": len(f1), "identical_configs": len(f1) - len(different),
+            "different": different}
+
+
+# ===================================================================== machine
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compiler_version() -> str:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"{cc} (not found)"
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return cc
+
+
+def machine_info(torch_version) -> dict:
+    import numpy
+    import microgpt_c
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+        "os": platform.platform(), "python": platform.python_version(),
+        "numpy": numpy.__version__, "torch": torch_version or "not installed",
+        "compiler": compiler_version(), "microgpt_c": microgpt_c.__version__,
+        "openmp": microgpt_c.openmp_enabled(),
+    }
+
+
+# ====================================================================== report
+def index_rows(rows):
+    return {(r["size"], r["impl"], r["dtype"], r["batch"], r["threads"]): r["us_step"]
+            for r in rows}
+
+
+def table_rows(results) -> list:
+    """The rows of the main table, with per-name times and speed-ups."""
+    rows = sorted(results["rows"], key=lambda r: (
+        [s.label for s in B.SIZES].index(r["size"]),
+        ["reference", "numpy", "torch", "microgpt_c"].index(r["impl"]),
+        r["batch"], B.DTYPES.index(r["dtype"]), r["threads"]))
+    idx = index_rows(results["rows"])
+    ref = idx.get(("16/16", "reference", "float64", 1, 1))
+    out = []
+    for r in rows:
+        per_name = r["us_step"] / r["batch"]
+        npy = idx.get((r["size"], "numpy", r["dtype"], r["batch"], 1))
+        out.append({**r, "us_name": per_name,
+                    "x_ref": ref / per_name if ref and r["size"] == "16/16" else None,
+                    "x_numpy": npy / r["batch"] / per_name if npy else None})
+    return out
+
+
+def fmt_us(us: float) -> str:
+    return f"{us:,.0f}" if us >= 1000 else f"{us:.3g}" if us < 10 else f"{us:.1f}"
+
+
+def fmt_x(x) -> str:
+    return "—" if x is None else f"{x:,.0f}×" if x >= 100 else f"{x:.2g}×"
+
+
+IMPL_NAMES = {"reference": "reference (Python)", "numpy": "NumPy", "torch": "PyTorch eager",
+              "microgpt_c": "microgpt_c"}
+
+
+def markdown_table(results) -> str:
+    lines = ["| size | implementation | dtype | B | threads | µs/step | µs/name "
+             "| × reference | × NumPy |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    for r in table_rows(results):
+        lines.append(
+            f"| {r['size']} | {IMPL_NAMES[r['impl']]} | {r['dtype']} | {r['batch']} | "
+            f"{r['threads']} | {fmt_us(r['us_step'])} | {fmt_us(r['us_name'])} | "
+            f"{fmt_x(r['x_ref'])} | {fmt_x(r['x_numpy'])} |")
+    return "\n".join(lines)
+
+
+def evaluate_targets(results) -> list:
+    """(target, goal, measured, pass/miss) rows."""
+    idx = index_rows(results["rows"])
+    out = []
+    for name, goal, unit, (size, dtype, batch) in TARGETS:
+        us = idx.get((size, "microgpt_c", dtype, batch, 1))
+        value = None if us is None else us / batch
+        out.append((name, f"≤ {goal:g} {unit}",
+                    "—" if value is None else f"{value:.3g} {unit}",
+                    "—" if value is None else "pass" if value <= goal else "miss"))
+    sp = results.get("speedup")
+    if sp is None:
+        out.append((f"2 threads vs 1, {SPEEDUP_CASE[0]} {SPEEDUP_CASE[1]} B={SPEEDUP_CASE[2]}",
+                    f"≥ {SPEEDUP_GOAL}×, bit-identical", "— (no OpenMP)", "—"))
+    else:
+        ok = sp["speedup"] >= SPEEDUP_GOAL and sp["identical"]
+        out.append((f"2 threads vs 1, {SPEEDUP_CASE[0]} {SPEEDUP_CASE[1]} B={SPEEDUP_CASE[2]}",
+                    f"≥ {SPEEDUP_GOAL}×, bit-identical",
+                    f"{sp['speedup']:.2f}×, {'bit-identical' if sp['identical'] else 'DIFFERENT'}",
+                    "pass" if ok else "miss"))
+    sampling = results.get("sampling", {})
+    if "float64" in sampling:
+        out.append(("sampling, 16/16 float64 (KV cache, SPEC sampling loop)", "report",
+                    f"{1 / sampling['float64']:,.0f} names/s", "—"))
+    rss = results.get("rss")
+    if rss:
+        a, b = rss[str(RSS_STEPS[0])], rss[str(RSS_STEPS[1])]
+        grew = b["maxrss_kib"] - a["maxrss_kib"]
+        out.append((f"peak RSS, default run, {RSS_STEPS[0]} vs {RSS_STEPS[1]} steps",
+                    "no growth with steps",
+                    f"{a['maxrss_kib'] / 1024:.1f} MiB vs {b['maxrss_kib'] / 1024:.1f} MiB",
+                    "pass" if grew <= 1024 else "miss"))
+    return out
+
+
+def write_report(results, path: Path, png: Path, elapsed: float, mode: str):
+    m = results["machine"]
+    lines = [
+        "# microgpt_c benchmarks", "",
+        f"Generated by `python bench/run.py{' --quick' if mode == 'quick' else ''}` on "
+        f"{results['date']} in {elapsed:.0f} s ({mode} settings: timed calls of at least "
+        f"{results['settings']['min_time']} s, median of {results['settings']['repeats']}; "
+        f"the reference: median of {results['settings']['ref_steps']} single steps). "
+        "Numbers are machine- and load-dependent; rerun to refresh.", "",
+        "## Machine", "",
+        f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable); "
+        f"load average {results['load_before']} before, {results['load_after']} after",
+        f"- OS: {m['os']}",
+        f"- Python {m['python']}, NumPy {m['numpy']}, PyTorch {m['torch']}",
+        f"- Compiler: {m['compiler']}",
+        f"- microgpt_c {m['microgpt_c']}, `openmp_enabled()` = {m['openmp']}; OpenMP threads "
+        f"seen by the workers: {results['omp_threads']}",
+        f"- Data: {results['data']}", "",
+        "## Issue targets", "",
+        "Figures are one thread unless stated; µs/name = µs/step ÷ B.", "",
+        "| target | goal | measured | result |", "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in evaluate_targets(results)]
+    lines += [
+        "", "## Training step", "",
+        "Time per training step (forward, backward, Adam) on the names, documents in the "
+        "SPEC's order (step s trains on documents s·B … s·B+B−1); microgpt_c is timed "
+        "through `GPT.train_steps` (the whole loop in C), the others through their Python "
+        "step loop. Sizes: n_embd/block_size, n_head 4; 1L/4L = layers. "
+        "**× reference** = the reference's µs per step (16/16, float64, one name) ÷ this row's "
+        "µs per name; **× NumPy** = NumPy's µs per name at the same size, dtype and B ÷ this "
+        "row's. Baselines run on one thread (single-threaded BLAS, "
+        "`torch.set_num_threads(1)`).", "",
+        markdown_table(results), "",
+        f"![µs per step and per name, log scale]({png.name})", "",
+    ]
+    lines += details(results)
+    lines += ["", "## Reproduce", "", "```",
+              "python bench/run.py            # full run, this report (a few minutes)",
+              "python bench/run.py --quick    # < 2 min, prints the table",
+              "python -m pytest tests/test_benchmarks.py --benchmark-enable  # hot paths",
+              "```", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def details(results) -> list:
+    lines = ["## Details", ""]
+    sampling = results.get("sampling", {})
+    for dtype, sec in sampling.items():
+        lines.append(f"- Sampling at 16/16 {dtype} after the default 1000-step training: "
+                     f"{1 / sec:,.0f} names/s ({sec * 1e6:.1f} µs/name; KV-cache "
+                     "`GPT.logits` + the SPEC's `rng.choices` loop, "
+                     "`microgpt_c.train.sample_names`).")
+    rss = results.get("rss")
+    if rss:
+        for steps, r in rss.items():
+            lines.append(f"- Default run (`microgpt_c.train.train`, 16/16 float64, "
+                         f"{steps} steps + 20 samples) in a fresh process: peak RSS "
+                         f"{r['maxrss_kib'] / 1024:.1f} MiB (VmHWM; getrusage ru_maxrss "
+                         f"{r['ru_maxrss_kib'] / 1024:.1f} MiB, which includes the parent's at spawn), training {r['train_seconds'] * 1e3:.1f} "
+                         f"ms, final loss {r['final_loss']:.4f}.")
+    sp = results.get("speedup")
+    if sp:
+        lines.append(f"- Threads: {SPEEDUP_CASE[0]} {SPEEDUP_CASE[1]} B={SPEEDUP_CASE[2]}: "
+                     f"{sp['t1']:,.0f} µs/step on 1 thread, {sp['t2']:,.0f} on 2 "
+                     f"({sp['speedup']:.2f}×). Fixed {results['settings']['fingerprint_steps']}-step "
+                     f"runs give bit-identical losses and parameters on 1 and 2 threads "
+                     f"for {sp['identical_configs']} of {sp['configs']} configurations"
+                     + (f" (different: {', '.join(sp['different'])})" if sp["different"] else "")
+                     + ".")
+    chk = results.get("numpy_check")
+    if chk:
+        lines.append(f"- NumPy baseline vs microgpt_c (float64, random init): loss error "
+                     f"{chk['loss']:.1e}, gradient error {chk['grad']:.1e} (relative to the "
+                     f"largest), after training steps {chk['params']:.1e} in the parameters.")
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    return lines
+
+
+def write_chart(results, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    idx = index_rows(results["rows"])
+    labels = [s.label for s in B.SIZES]
+    series_b1 = [("reference", "float64", 1), ("numpy", "float64", 1), ("numpy", "float32", 1),
+                 ("torch", "float64", 1), ("torch", "float32", 1),
+                 ("microgpt_c", "float64", 1), ("microgpt_c", "float32", 1)]
+    series_bn = [("numpy", "float32", 1), ("torch", "float32", 1),
+                 ("microgpt_c", "float64", 1), ("microgpt_c", "float32", 1),
+                 ("microgpt_c", "float32", 2)]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    panels = [(axes[0], series_b1, False, "one name per step: µs/step (1 thread)"),
+              (axes[1], series_bn, True, "batched (B=16 at 16/16, 32 at 64/64): µs/name")]
+    for ax, series, batched, title in panels:
+        width = 0.8 / len(series)
+        for j, (impl, dtype, threads) in enumerate(series):
+            vals = []
+            for s in B.SIZES:
+                b = s.batch if batched else 1
+                us = idx.get((s.label, impl, dtype, b, threads if batched else 1))
+                vals.append(np.nan if us is None else us / b)
+            label = f"{IMPL_NAMES[impl]} {dtype}" + (f", {threads} threads" if threads > 1 else "")
+            ax.bar(np.arange(len(labels)) + (j - (len(series) - 1) / 2) * width, vals, width,
+                   label=label)
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(labels)), labels)
+        ax.set_title(title)
+        ax.set_ylabel("µs (log scale)")
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"microgpt_c training step, {results['machine']['cpu']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ======================================================================== main
+def load_avg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats and shorter timings")
+    p.add_argument("--out", default=str(B.BENCH_DIR / "REPORT.md"), help="Markdown report")
+    p.add_argument("--png", default=None, help="chart (default: report.png next to --out)")
+    p.add_argument("--json", default=None, help="also write the raw results as JSON")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--torch", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
+
+    if args.worker is not None:         # internal: one thread count
+        print(json.dumps(worker(args.worker, settings, args.baselines, args.torch)))
+        return 0
+
+    import microgpt_c
+    t0 = time.perf_counter()
+    load_before = load_avg()
+    out = Path(args.out)
+    png = Path(args.png) if args.png else out.with_name("report.png")
+    torch_ok = not args.no_torch and B.torch_available()
+    threads = THREADS if microgpt_c.openmp_enabled() else THREADS[:1]
+    results = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+               "settings": settings, "rows": [], "notes": [], "omp_threads": {}}
+    print("[bench] peak RSS of default training runs...", file=sys.stderr, flush=True)
+    results["rss"] = B.measure_rss(RSS_STEPS)
+    per_thread = {}
+    for n in threads:
+        print(f"[bench] measuring on {n} thread(s)...", file=sys.stderr, flush=True)
+        flags = ["--baselines"] + (["--torch"] if torch_ok else []) if n == 1 else []
+        res = run_subprocess((["--quick"] if args.quick else []) + ["--worker", str(n)] + flags,
+                             threads=n)
+        per_thread[n] = res
+        results["rows"] += res["rows"]
+        results["notes"] += res["notes"]
+        results["omp_threads"][n] = res["omp_max_threads"]
+        for key in ("sampling", "numpy_check", "torch_version"):
+            if key in res:
+                results[key] = res[key]
+    if not torch_ok:
+        results["notes"].append("PyTorch baseline skipped (" + (
+            "--no-torch" if args.no_torch else "torch is not installed") + ").")
+    if len(per_thread) == 2:
+        results["speedup"] = compare_threads(results["rows"], per_thread[1], per_thread[2])
+    results["machine"] = machine_info(results.get("torch_version"))
+    results["data"] = B.load_dataset().source
+    results["load_before"], results["load_after"] = load_before, load_avg()
+    elapsed = time.perf_counter() - t0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_report(results, out, png, elapsed, mode)
+    write_chart(results, png)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(markdown_table(results))
+    print()
+    for a, b, c, d in evaluate_targets(results):
+        print(f"{d:>4}  {a}: {c} (goal {b})")
+    print(f"\nwrote {out} and {png} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

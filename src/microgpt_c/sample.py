@@ -1,0 +1,164 @@
+"""Sample names (documents) from a checkpoint.
+
+``python -m microgpt_c.sample --checkpoint run/checkpoint.safetensors`` prints
+``sample  N: name`` lines.  With no other flag it prints exactly the names the
+training run that wrote the checkpoint printed at its end: the sampling
+settings (temperature, number of samples, top-k, prefix) default to that run's
+and the random stream continues from the state saved in the checkpoint.
+``--seed`` starts a fresh ``random.Random(seed)`` stream instead.
+
+Errors (a missing, corrupted or foreign checkpoint, a prefix with characters
+outside the vocabulary, ...) print one line ``error: ...`` on stderr and exit
+with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from typing import List, Optional
+
+from . import data as data_mod
+from ._version import __version__
+from .api import GPT, sample_names, sampling_defaults
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import MicrogptError
+
+__all__ = ["build_parser", "main", "sample_checkpoint"]
+
+
+def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
+                      temperature: Optional[float] = None, top_k: Optional[int] = None,
+                      prefix: Optional[str] = None, seed: Optional[int] = None,
+                      threads: Optional[int] = None, model: Optional[GPT] = None) -> List[str]:
+    """Sample from a loaded checkpoint.  Settings left as None take the values
+    of the run that wrote it (else the SPEC's defaults); ``seed=None``
+    continues the checkpoint's saved random stream (``random.Random(42)``
+    for a checkpoint without training state)."""
+    from ._core import set_num_threads
+
+    if ckpt.uchars is None:
+        raise MicrogptError(f"{ckpt.path} has no vocabulary (it was saved without a "
+                            "tokenizer), so it cannot be sampled from")
+    if threads is not None:
+        if threads < 1:
+            raise MicrogptError(f"threads must be >= 1, got {threads}")
+        set_num_threads(threads)
+    settings = {"num_samples": 20, "temperature": 0.5, "top_k": None, "prefix": ""}
+    settings.update(sampling_defaults(ckpt))
+    for key, value in (("num_samples", num_samples), ("temperature", temperature),
+                       ("top_k", top_k), ("prefix", prefix)):
+        if value is not None:
+            settings[key] = value
+    if model is None:
+        model = GPT.from_checkpoint(ckpt)
+    tokenizer = data_mod.Tokenizer.from_dict({"uchars": ckpt.uchars})
+    if seed is not None:
+        rng = random.Random(seed)
+    elif ckpt.train is not None:
+        rng = random.Random()
+        rng.setstate(ckpt.train.rng_state)
+    else:
+        rng = random.Random(42)
+    return sample_names(model, tokenizer, rng, settings["num_samples"], settings["temperature"],
+                        top_k=settings["top_k"], prefix=settings["prefix"])
+
+
+def format_samples(samples: List[str]) -> str:
+    return "".join(f"sample {i + 1:2d}: {name}\n" for i, name in enumerate(samples))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m microgpt_c.sample",
+        description="Sample new documents (names) from a microgpt_c checkpoint. With only "
+                    "--checkpoint it prints the same names the training run printed.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint file, or a training output directory (--out) holding "
+                        "checkpoint.safetensors")
+    p.add_argument("--num-samples", type=_nonneg_int, default=None, metavar="N",
+                   help="number of samples (default: the training run's, else 20)")
+    p.add_argument("--temperature", type=_positive_float, default=None, metavar="T",
+                   help="sampling temperature > 0; lower is more conservative (default: the "
+                        "training run's, else 0.5)")
+    p.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+                   help="sample only from the K most likely next characters (default: all)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed a fresh random stream (default: continue the checkpoint's saved "
+                        "stream, which reproduces the training run's samples)")
+    p.add_argument("--prefix", default=None, metavar="TEXT",
+                   help="start every sample with TEXT (its characters must be in the "
+                        "vocabulary)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="OpenMP threads (default: $OMP_NUM_THREADS or all cores)")
+    p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        samples = sample_checkpoint(ckpt, num_samples=args.num_samples,
+                                    temperature=args.temperature, top_k=args.top_k,
+                                    prefix=args.prefix, seed=args.seed, threads=args.threads)
+        sys.stdout.write(format_samples(samples))
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return _broken_pipe()
+    except (MicrogptError, ValueError, OSError, MemoryError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _broken_pipe() -> int:
+    """stdout was closed early (e.g. piped into ``head``): exit quietly."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the C test driver (tests/c/test_core.c) against the C core (csrc/*.c).
+#
+#   tests/c/build.sh [OUTPUT]            default OUTPUT: build/c-tests/test_core
+#
+# Environment:
+#   CC        compiler (default: gcc)
+#   CFLAGS    compile flags (default: -O2 -g); always added: -std=c11 -Wall
+#             -Wextra -ffp-contract=off, as the package build does
+#   LDFLAGS   extra link flags
+#   OPENMP    1 (default) to build with -fopenmp, 0 for a serial build
+#
+# Example (what .ci/sanitize.sh does):
+#   CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -g -O1" \
+#       tests/c/build.sh build/c-tests/test_core_asan && build/c-tests/test_core_asan
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${1:-$ROOT/build/c-tests/test_core}
+CC=${CC:-gcc}
+CFLAGS=${CFLAGS:--O2 -g}
+LDFLAGS=${LDFLAGS:-}
+OPENMP=${OPENMP:-1}
+
+OMPFLAGS=()
+if [ "$OPENMP" = "1" ]; then
+    OMPFLAGS=(-fopenmp)
+fi
+
+mkdir -p "$(dirname "$OUT")"
+# shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
+"$CC" -std=c11 -Wall -Wextra -ffp-contract=off $CFLAGS "${OMPFLAGS[@]}" \
+    -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$HERE/test_core.c" \
+    -o "$OUT" $LDFLAGS "${OMPFLAGS[@]}" -lm
+echo "built $OUT ($CC $CFLAGS ${OMPFLAGS[*]})" >&2
