@@ -463,7 +463,10 @@ void FN(crossentropy_softmax_forward)(REAL *losses,          /* (N) */
         for (int i = 0; i < V; i++) { p[i] = EXP(z[i] - maxv); total += p[i]; }
         const REAL inv = POW(total, (REAL)-1);
         for (int i = 0; i < V; i++) p[i] = p[i] * inv;
-        losses[n] = -LOG(p[targets[n]]);
+        /* -log p as the SPEC computes it; if p underflowed to 0 (a logit gap
+         * beyond ~88 in float32), the equal log-sum-exp form stays finite */
+        const REAL pt = p[targets[n]];
+        losses[n] = pt > 0 ? -LOG(pt) : LOG(total) + (maxv - z[targets[n]]);
     }
 }
 
@@ -481,15 +484,14 @@ void FN(crossentropy_softmax_backward)(REAL *dlogits,          /* (N, V) */
 }
 
 /* ------------------------------------------------------------------ Adam */
-/* Bias-corrected Adam at 1-based step t with the step's learning rate lr_t. */
-MG_HOT void FN(adam_update)(REAL *params,       /* (n) */
-                            REAL *m,            /* (n) first moments */
-                            REAL *v,            /* (n) second moments */
-                            const REAL *grads,  /* (n) */
-                            size_t n, double lr_t, double beta1, double beta2, double eps,
-                            long t) {
-    /* m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), as multiplications
-     * by the reciprocals: one division and one square root per element. */
+/* Bias-corrected Adam at 1-based step t with the step's learning rate lr_t.
+ * m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t) are computed as
+ * multiplications by the reciprocals: one division and one square root per
+ * element.  If `clear` is not NULL (it is `grads`), each gradient is zeroed
+ * once read, saving a separate pass. */
+MG_HOT static void FN(adam_impl)(REAL *params, REAL *m, REAL *v, const REAL *grads, REAL *clear,
+                                 size_t n, double lr_t, double beta1, double beta2, double eps,
+                                 long t) {
     const REAL b1 = (REAL)beta1, b2 = (REAL)beta2;
     const REAL c1 = (REAL)(1.0 - beta1), c2 = (REAL)(1.0 - beta2);
     const REAL ibc1 = (REAL)(1.0 / (1.0 - pow(beta1, (double)t)));
@@ -502,7 +504,22 @@ MG_HOT void FN(adam_update)(REAL *params,       /* (n) */
         m[i] = mi;
         v[i] = vi;
         params[i] = params[i] - lr * (mi * ibc1) / (SQRT(vi * ibc2) + e);
+        if (clear != NULL) clear[i] = 0;
     }
+}
+
+void FN(adam_update)(REAL *params,       /* (n) */
+                     REAL *m,            /* (n) first moments */
+                     REAL *v,            /* (n) second moments */
+                     const REAL *grads,  /* (n) */
+                     size_t n, double lr_t, double beta1, double beta2, double eps, long t) {
+    FN(adam_impl)(params, m, v, grads, NULL, n, lr_t, beta1, beta2, eps, t);
+}
+
+/* Adam, then the gradients zeroed (the training loop's step). */
+void FN(adam_update_zero_grad)(REAL *params, REAL *m, REAL *v, REAL *grads, size_t n,
+                               double lr_t, double beta1, double beta2, double eps, long t) {
+    FN(adam_impl)(params, m, v, grads, grads, n, lr_t, beta1, beta2, eps, t);
 }
 
 void FN(zero)(REAL *buf, size_t n) {

@@ -305,12 +305,12 @@ int mg_adam_step(mg_model *M, double lr_t, double beta1, double beta2, double ep
     if (t < 1 || !isfinite(lr_t) || !isfinite(beta1) || !isfinite(beta2) || !isfinite(eps))
         return MG_ERR_ARG;
     if (M->dtype == MG_FLOAT64)
-        adam_update_f64(M->params, M->m_adam, M->v_adam, M->grads, M->num_params,
-                        lr_t, beta1, beta2, eps, t);
+        adam_update_zero_grad_f64(M->params, M->m_adam, M->v_adam, M->grads, M->num_params,
+                                  lr_t, beta1, beta2, eps, t);
     else
-        adam_update_f32(M->params, M->m_adam, M->v_adam, M->grads, M->num_params,
-                        lr_t, beta1, beta2, eps, t);
-    return mg_zero_grad(M);
+        adam_update_zero_grad_f32(M->params, M->m_adam, M->v_adam, M->grads, M->num_params,
+                                  lr_t, beta1, beta2, eps, t);
+    return MG_OK;
 }
 
 int mg_sequence_forward_backward(mg_model *M, const int32_t *tokens, int n_tokens, double *loss) {

@@ -194,6 +194,8 @@ void mg_set_num_threads(int n);
                                              int N, int V);                              \
     void adam_update_##SUF(REAL *params, REAL *m, REAL *v, const REAL *grads, size_t n,  \
                            double lr_t, double beta1, double beta2, double eps, long t); \
+    void adam_update_zero_grad_##SUF(REAL *params, REAL *m, REAL *v, REAL *grads, size_t n, \
+                                     double lr_t, double beta1, double beta2, double eps, long t); \
     void zero_##SUF(REAL *buf, size_t n);
 
 MG_DECLARE_KERNELS(double, f64)
