@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from microgpt_c import GPT
+from microgpt_c import GPT, NonFiniteLossError
 from microgpt_c.data import Tokenizer, pack_corpus
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -167,8 +167,17 @@ class CTrainer:
         self.step = 0
 
     def __call__(self, k: int):
-        losses, _ = self.model.train_steps(self.data.corpus, self.data.starts, self.step, k,
-                                           TIMING_NUM_STEPS, self.batch, self.lr)
+        try:
+            losses, _ = self.model.train_steps(self.data.corpus, self.data.starts, self.step,
+                                               k, TIMING_NUM_STEPS, self.batch, self.lr)
+        except NonFiniteLossError as err:
+            # the learning rate does not decay while timing: if a long run diverges,
+            # start again from a fresh init (the steps done so far were timed anyway)
+            losses = err.losses
+            self.model.init_weights(random.Random(self.step))
+            self.model.adam_m[:] = 0
+            self.model.adam_v[:] = 0
+            self.model.zero_grad()
         self.step += k
         return losses
 
@@ -177,7 +186,7 @@ def time_c_step(size: Size, dtype: str, data: Dataset, batch: int = 1,
                 min_time: float = 0.3, repeats: int = 5) -> float:
     """Median seconds per training step of microgpt_c (GPT.train_steps)."""
     trainer = CTrainer(c_model(size, dtype, data, batch), data, batch)
-    return measure(trainer, min_time, repeats, start=16)
+    return measure(trainer, min_time, repeats)
 
 
 def determinism_fingerprint(size: Size, dtype: str, data: Dataset, batch: int,

@@ -99,10 +99,13 @@ class NumpyGPT:
             cache.append((x, ln1, s1, q, k, v, att, y, res2, ln2, s2, h, hr))
             x = hr @ fc2.T + res2
         logits = x @ P["lm_head"].T
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
         rows = np.arange(N)
-        loss = float(np.sum(weight * -np.log(probs[rows, tgt])))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted)
+        total = probs.sum(axis=1)
+        probs /= total[:, None]
+        # -log softmax[target], in the log domain (finite even if probs underflow)
+        loss = float(np.sum(weight * (np.log(total) - shifted[rows, tgt])))
 
         # ---- backward
         dlogits = probs
@@ -161,7 +164,7 @@ class NumpyGPT:
         return loss
 
 
-def self_check(model_cls=NumpyGPT, dtype="float64", sizes=((16, 16, 1), (32, 16, 2)),
+def self_check(dtype="float64", model_cls=NumpyGPT, sizes=((16, 16, 1), (32, 16, 2)),
                steps=3, seed=0) -> dict:
     """Compare ``model_cls`` with microgpt_c on random documents from a random
     init: loss and gradients of one document and of a batch, then ``steps``
@@ -176,7 +179,8 @@ def self_check(model_cls=NumpyGPT, dtype="float64", sizes=((16, 16, 1), (32, 16,
         docs = [[vocab - 1] + [rng.randrange(vocab - 1) for _ in range(rng.randint(1, block + 3))]
                 + [vocab - 1] for _ in range(6)]
         kw = dict(n_layer=n_layer, n_embd=n_embd, n_head=4, block_size=block)
-        c, other = GPT(vocab, dtype=dtype, max_tokens=block * 4, **kw), model_cls(vocab, dtype=dtype, **kw)
+        c = GPT(vocab, dtype=dtype, max_tokens=block * 4, **kw)
+        other = model_cls(vocab, dtype=dtype, **kw)
         c.init_weights(random.Random(seed))
         other.init_weights(random.Random(seed))
         for batch in ([docs[0]], docs[1:5]):

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import shutil
 import subprocess
 import sys
@@ -29,9 +30,9 @@ import benchlib as B
 
 SETTINGS = {
     "full": {"min_time": 0.3, "repeats": 5, "ref_steps": 5, "fingerprint_steps": 20,
-             "torch_budget": 300.0},
+             "torch_budget": 300.0, "speedup_rounds": 3},
     "quick": {"min_time": 0.05, "repeats": 3, "ref_steps": 2, "fingerprint_steps": 8,
-              "torch_budget": 20.0},
+              "torch_budget": 20.0, "speedup_rounds": 2},
 }
 RSS_STEPS = (1000, 5000)
 THREADS = (1, 2)
@@ -109,6 +110,14 @@ def worker(threads: int, settings: dict, baselines: bool, torch_ok: bool) -> dic
     return out
 
 
+def speedup_worker(settings: dict) -> dict:
+    """Seconds per step of SPEEDUP_CASE (run with OMP_NUM_THREADS set)."""
+    size, dtype, batch = SPEEDUP_CASE
+    sec = B.time_c_step(B.SIZE_BY_LABEL[size], dtype, B.load_dataset(), batch,
+                        settings["min_time"], settings["repeats"])
+    return {"sec": sec}
+
+
 def run_subprocess(args, threads=None) -> dict:
     env = dict(os.environ)
     if threads is not None:
@@ -119,13 +128,20 @@ def run_subprocess(args, threads=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare_threads(rows, one: dict, two: dict) -> dict:
-    """Speed-up of SPEEDUP_CASE on 2 threads vs 1, and which fixed runs are bit-identical."""
-    idx = index_rows(rows)
+def compare_threads(one: dict, two: dict, mode_args, rounds: int) -> dict:
+    """Speed-up of SPEEDUP_CASE on 2 threads vs 1, from fresh 1- and 2-thread
+    processes taken in turn (so that load changes hit both alike), and which
+    of the workers' fixed runs are bit-identical."""
+    times = {1: [], 2: []}
+    for _ in range(rounds):
+        for n in (1, 2):
+            times[n].append(run_subprocess(mode_args + ["--speedup-worker"], threads=n)["sec"])
+    t1, t2 = (statistics.median(times[n]) * 1e6 for n in (1, 2))
+    return compare_fingerprints(t1, t2, one["fingerprints"], two["fingerprints"])
+
+
+def compare_fingerprints(t1: float, t2: float, f1: dict, f2: dict) -> dict:
     size, dtype, batch = SPEEDUP_CASE
-    t1 = idx[(size, "microgpt_c", dtype, batch, 1)]
-    t2 = idx[(size, "microgpt_c", dtype, batch, 2)]
-    f1, f2 = one["fingerprints"], two["fingerprints"]
     different = [k.replace("|", " ") for k in f1 if f1[k] != f2.get(k)]
     return {"t1": t1, "t2": t2, "speedup": t1 / t2,
             "identical": f1[f"{size}|{dtype}|{batch}"] == f2[f"{size}|{dtype}|{batch}"],
@@ -271,8 +287,14 @@ def write_report(results, path: Path, png: Path, elapsed: float, mode: str):
         f"- Python {m['python']}, NumPy {m['numpy']}, PyTorch {m['torch']}",
         f"- Compiler: {m['compiler']}",
         f"- microgpt_c {m['microgpt_c']}, `openmp_enabled()` = {m['openmp']}; OpenMP threads "
-        f"seen by the workers: {results['omp_threads']}",
+        f"seen by the workers: " + ", ".join(
+            f"{v} when {k} requested" for k, v in results["omp_threads"].items()),
         f"- Data: {results['data']}", "",
+    ]
+    busy = busy_warning(results)
+    if busy:
+        lines += [f"> **Warning:** {busy}", ""]
+    lines += [
         "## Issue targets", "",
         "Figures are one thread unless stated; µs/name = µs/step ÷ B.", "",
         "| target | goal | measured | result |", "|---|---|---|---|",
@@ -300,6 +322,20 @@ def write_report(results, path: Path, png: Path, elapsed: float, mode: str):
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def busy_warning(results):
+    """A warning if other work was running when the benchmark started, or None."""
+    try:
+        load = float(results["load_before"].split()[0])
+    except (ValueError, IndexError, AttributeError):
+        return None
+    if load < 0.5:
+        return None
+    return (f"the machine was busy (1-minute load average {load:.2f} before the run, on "
+            f"{results['machine']['usable_cpus']} CPUs): timings are inflated and the "
+            "multi-thread ones especially (an OpenMP team waits for its slowest thread); "
+            "rerun on an idle machine for reference figures.")
+
+
 def details(results) -> list:
     lines = ["## Details", ""]
     sampling = results.get("sampling", {})
@@ -313,16 +349,19 @@ def details(results) -> list:
         for steps, r in rss.items():
             lines.append(f"- Default run (`microgpt_c.train.train`, 16/16 float64, "
                          f"{steps} steps + 20 samples) in a fresh process: peak RSS "
-                         f"{r['maxrss_kib'] / 1024:.1f} MiB (VmHWM; getrusage ru_maxrss "
-                         f"{r['ru_maxrss_kib'] / 1024:.1f} MiB, which includes the parent's at spawn), training {r['train_seconds'] * 1e3:.1f} "
-                         f"ms, final loss {r['final_loss']:.4f}.")
+                         f"{r['maxrss_kib'] / 1024:.1f} MiB (VmHWM; getrusage's ru_maxrss "
+                         f"{r['ru_maxrss_kib'] / 1024:.1f} MiB also counts the parent's at "
+                         f"spawn), training {r['train_seconds'] * 1e3:.1f} ms, final loss "
+                         f"{r['final_loss']:.4f}.")
     sp = results.get("speedup")
     if sp:
         lines.append(f"- Threads: {SPEEDUP_CASE[0]} {SPEEDUP_CASE[1]} B={SPEEDUP_CASE[2]}: "
                      f"{sp['t1']:,.0f} µs/step on 1 thread, {sp['t2']:,.0f} on 2 "
-                     f"({sp['speedup']:.2f}×). Fixed {results['settings']['fingerprint_steps']}-step "
-                     f"runs give bit-identical losses and parameters on 1 and 2 threads "
-                     f"for {sp['identical_configs']} of {sp['configs']} configurations"
+                     f"({sp['speedup']:.2f}×; medians of {results['settings']['speedup_rounds']} "
+                     "fresh 1- and 2-thread processes run in turn). Fixed "
+                     f"{results['settings']['fingerprint_steps']}-step runs give bit-identical "
+                     "losses and parameters on 1 and 2 threads for "
+                     f"{sp['identical_configs']} of {sp['configs']} configurations"
                      + (f" (different: {', '.join(sp['different'])})" if sp["different"] else "")
                      + ".")
     chk = results.get("numpy_check")
@@ -348,6 +387,7 @@ def write_chart(results, path: Path):
     series_bn = [("numpy", "float32", 1), ("torch", "float32", 1),
                  ("microgpt_c", "float64", 1), ("microgpt_c", "float32", 1),
                  ("microgpt_c", "float32", 2)]
+    colors = {key: f"C{i}" for i, key in enumerate(dict.fromkeys(series_b1 + series_bn))}
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     panels = [(axes[0], series_b1, False, "one name per step: µs/step (1 thread)"),
               (axes[1], series_bn, True, "batched (B=16 at 16/16, 32 at 64/64): µs/name")]
@@ -361,7 +401,7 @@ def write_chart(results, path: Path):
                 vals.append(np.nan if us is None else us / b)
             label = f"{IMPL_NAMES[impl]} {dtype}" + (f", {threads} threads" if threads > 1 else "")
             ax.bar(np.arange(len(labels)) + (j - (len(series) - 1) / 2) * width, vals, width,
-                   label=label)
+                   label=label, color=colors[(impl, dtype, threads)])
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(labels)), labels)
         ax.set_title(title)
@@ -392,12 +432,16 @@ def main(argv=None) -> int:
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--torch", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--speedup-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = SETTINGS[mode]
 
     if args.worker is not None:         # internal: one thread count
         print(json.dumps(worker(args.worker, settings, args.baselines, args.torch)))
+        return 0
+    if args.speedup_worker:             # internal: SPEEDUP_CASE on OMP_NUM_THREADS threads
+        print(json.dumps(speedup_worker(settings)))
         return 0
 
     import microgpt_c
@@ -412,11 +456,11 @@ def main(argv=None) -> int:
     print("[bench] peak RSS of default training runs...", file=sys.stderr, flush=True)
     results["rss"] = B.measure_rss(RSS_STEPS)
     per_thread = {}
+    mode_args = ["--quick"] if args.quick else []
     for n in threads:
         print(f"[bench] measuring on {n} thread(s)...", file=sys.stderr, flush=True)
         flags = ["--baselines"] + (["--torch"] if torch_ok else []) if n == 1 else []
-        res = run_subprocess((["--quick"] if args.quick else []) + ["--worker", str(n)] + flags,
-                             threads=n)
+        res = run_subprocess(mode_args + ["--worker", str(n)] + flags, threads=n)
         per_thread[n] = res
         results["rows"] += res["rows"]
         results["notes"] += res["notes"]
@@ -428,7 +472,9 @@ def main(argv=None) -> int:
         results["notes"].append("PyTorch baseline skipped (" + (
             "--no-torch" if args.no_torch else "torch is not installed") + ").")
     if len(per_thread) == 2:
-        results["speedup"] = compare_threads(results["rows"], per_thread[1], per_thread[2])
+        print("[bench] 2 threads vs 1...", file=sys.stderr, flush=True)
+        results["speedup"] = compare_threads(per_thread[1], per_thread[2], mode_args,
+                                             settings["speedup_rounds"])
     results["machine"] = machine_info(results.get("torch_version"))
     results["data"] = B.load_dataset().source
     results["load_before"], results["load_after"] = load_before, load_avg()
@@ -443,6 +489,9 @@ def main(argv=None) -> int:
     print()
     for a, b, c, d in evaluate_targets(results):
         print(f"{d:>4}  {a}: {c} (goal {b})")
+    busy = busy_warning(results)
+    if busy:
+        print(f"\nwarning: {busy}")
     print(f"\nwrote {out} and {png} in {time.perf_counter() - t0:.0f} s")
     return 0
 

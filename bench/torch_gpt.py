@@ -104,7 +104,7 @@ class TorchGPT:
 def self_check(dtype="float64", **kwargs) -> dict:
     """``numpy_gpt.self_check`` on this model: its errors against microgpt_c."""
     from numpy_gpt import self_check as check
-    return check(TorchGPT, dtype, **kwargs)
+    return check(dtype, TorchGPT, **kwargs)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #define POW pow
 #define EXP exp
 #define LOG log
+#define IREAL int64_t   /* integer of the size of REAL (shuffle masks) */
 #define SQRT sqrt
 #include "kernels_impl.h"
 #include "model_impl.h"

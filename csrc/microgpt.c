@@ -24,7 +24,7 @@ const char *mg_status_string(int status) {
     case MG_ERR_STATE: return "invalid model state";
     case MG_ERR_DTYPE: return "unknown dtype";
     case MG_ERR_ARG: return "invalid argument";
-    case MG_ERR_NONFINITE: return "loss is not finite";
+    case MG_ERR_NONFINITE: return "loss or gradient is not finite";
     default: return "unknown error";
     }
 }
@@ -192,7 +192,7 @@ static void free_activations(mg_model *M) {
 void mg_model_free(mg_model *M) {
     if (M == NULL) return;
     free(M->params); free(M->grads); free(M->m_adam); free(M->v_adam);
-    free(M->kcache); free(M->vcache);
+    free(M->kcache); free(M->vcache); free(M->wT);
     free_activations(M);
     free(M);
 }
@@ -234,6 +234,21 @@ int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_
     M->grads = calloc(M->num_params, M->elem_size);
     M->m_adam = calloc(M->num_params, M->elem_size);
     M->v_adam = calloc(M->num_params, M->elem_size);
+    /* transposed weights, rows padded to a multiple of 16: lm_head (C, V'),
+     * then per layer wq, wk, wv, wo (C, C'), fc1 (C, 4C'), fc2 (4C, C') */
+    {
+        const size_t C = (size_t)cfg->n_embd, V = (size_t)cfg->vocab_size;
+        const size_t Cp = (C + 15) / 16 * 16, C4p = (4 * C + 15) / 16 * 16, Vp = (V + 15) / 16 * 16;
+        size_t layer = 0, total = 0;
+        if (!mac_ok(&layer, 8 * C, Cp) || !mac_ok(&layer, C, C4p) || !mac_ok(&total, C, Vp) ||
+            !mac_ok(&total, (size_t)cfg->n_layer, layer)) {
+            mg_model_free(M);
+            return MG_ERR_OVERFLOW;
+        }
+        M->wT_layer = layer;
+        M->wT = calloc(total ? total : 1, M->elem_size);
+        if (M->wT == NULL) { mg_model_free(M); return MG_ERR_NOMEM; }
+    }
     M->kcache = calloc(s.cache ? s.cache : 1, M->elem_size);
     M->vcache = calloc(s.cache ? s.cache : 1, M->elem_size);
     if (!M->params || !M->grads || !M->m_adam || !M->v_adam || !M->kcache || !M->vcache ||
@@ -300,8 +315,27 @@ int mg_zero_grad(mg_model *M) {
     return MG_OK;
 }
 
+/* 1 if every gradient is finite.  x - x is 0 for finite x and NaN for inf or
+ * NaN; the OR of integer flags vectorises (no float reassociation). */
+static int grads_finite(const mg_model *M) {
+    int bad = 0;
+    if (M->dtype == MG_FLOAT64) {
+        const double *g = (const double *)M->grads;
+        for (size_t i = 0; i < M->num_params; i++) bad |= !(g[i] - g[i] == 0);
+    } else {
+        const float *g = (const float *)M->grads;
+        for (size_t i = 0; i < M->num_params; i++) bad |= !(g[i] - g[i] == 0);
+    }
+    return !bad;
+}
+
 int mg_adam_step(mg_model *M, double lr_t, double beta1, double beta2, double eps, long t) {
     if (M == NULL) return MG_ERR_ARG;
+    /* never apply a NaN/inf update: the parameters stay as they were */
+    if (!grads_finite(M)) {
+        mg_zero_grad(M);
+        return MG_ERR_NONFINITE;
+    }
     if (t < 1 || !isfinite(lr_t) || !isfinite(beta1) || !isfinite(beta2) || !isfinite(eps))
         return MG_ERR_ARG;
     if (M->dtype == MG_FLOAT64)
@@ -362,11 +396,18 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
         rc = M->dtype == MG_FLOAT64 ? mg_forward_f64(M, &loss) : mg_forward_f32(M, &loss);
         losses[i] = loss;
         if (rc != MG_OK) return rc;
-        rc = mg_backward(M);
-        if (rc != MG_OK) return rc;
         const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
         if (lrs != NULL) lrs[i] = lr_t;
-        rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+        if (i == 0 || !isfinite(lr_t) || !isfinite(beta1) || !isfinite(beta2) || !isfinite(eps)) {
+            /* the gradients may hold something on entry: the separate steps */
+            rc = mg_backward(M);
+            if (rc != MG_OK) return rc;
+            rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+        } else {
+            /* the previous step left every gradient zero: backward and Adam fused */
+            rc = M->dtype == MG_FLOAT64 ? mg_backward_adam_f64(M, lr_t, beta1, beta2, eps, s + 1)
+                                        : mg_backward_adam_f32(M, lr_t, beta1, beta2, eps, s + 1);
+        }
         if (rc != MG_OK) return rc;
         *steps_done = i + 1;
     }
@@ -386,6 +427,7 @@ int mg_softmax_temperature(double *probs, const double *logits, int V, double te
     if (probs == NULL || logits == NULL || V < 1) return MG_ERR_ARG;
     if (!(temperature > 0) || !isfinite(temperature)) return MG_ERR_ARG;
     const double inv_t = pow(temperature, -1.0);
+    if (!isfinite(inv_t)) return MG_ERR_ARG;
     double maxv = logits[0] * inv_t;
     for (int i = 0; i < V; i++) {
         probs[i] = logits[i] * inv_t;

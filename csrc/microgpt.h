@@ -101,6 +101,10 @@ typedef struct mg_model {
     int total_docs;          /* the loss is (sum of document losses) / total_docs */
     int have_forward;        /* a training forward is saved for backward */
     int num_threads;         /* 0: OpenMP default */
+    /* transposed copies of the matmul weights for the training forward
+     * (rebuilt from params by every forward; see model_impl.h) */
+    void *wT;
+    size_t wT_layer;         /* elements of one layer's transposed weights */
 } mg_model;
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -206,6 +210,12 @@ int mg_forward_f64(mg_model *model, double *loss);
 int mg_forward_f32(mg_model *model, double *loss);
 int mg_backward_f64(mg_model *model);
 int mg_backward_f32(mg_model *model);
+/* Backward fused with mg_adam_step (gradients must be zero on entry; they are
+ * zero again on return): the same result as mg_backward + mg_adam_step. */
+int mg_backward_adam_f64(mg_model *model, double lr_t, double beta1, double beta2,
+                         double eps, long t);
+int mg_backward_adam_f32(mg_model *model, double lr_t, double beta1, double beta2,
+                         double eps, long t);
 int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
 int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
 

@@ -49,39 +49,106 @@ static FN(layer_acts_t) FN(layer_acts)(const mg_model *M, REAL *base, int l) {
     return la;
 }
 
+/* Transposed weights (see mg_model.wT): lm_head, then per layer. */
+static int FN(padT)(int x) { return (x + 15) / 16 * 16; }
+
+static REAL *FN(wT_lm)(const mg_model *M) { return (REAL *)M->wT; }
+
+/* which: MG_WQ .. MG_FC2 */
+static REAL *FN(wT_layer)(const mg_model *M, int l, int which) {
+    const size_t C = (size_t)M->cfg.n_embd, Cp = (size_t)FN(padT)(M->cfg.n_embd);
+    REAL *b = (REAL *)M->wT + C * (size_t)FN(padT)(M->cfg.vocab_size) + (size_t)l * M->wT_layer;
+    return which <= MG_FC1 ? b + (size_t)which * C * Cp : b + 4 * C * Cp + C * (size_t)FN(padT)(4 * M->cfg.n_embd);
+}
+
+/* Rebuild every transposed weight from params. */
+static void FN(build_wT_one)(mg_model *M, int job) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size, Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
+    if (job == 0) {
+        FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+        FN(transpose_weight)(FN(wT_lm)(M), g.lm_head, V, C, FN(padT)(V));
+        return;
+    }
+    const int l = (job - 1) / MG_NUM_PER_LAYER, which = (job - 1) % MG_NUM_PER_LAYER;
+    FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+    REAL *dst = FN(wT_layer)(M, l, which);
+    switch (which) {
+    case MG_WQ: FN(transpose_weight)(dst, w.wq, C, C, Cp); break;
+    case MG_WK: FN(transpose_weight)(dst, w.wk, C, C, Cp); break;
+    case MG_WV: FN(transpose_weight)(dst, w.wv, C, C, Cp); break;
+    case MG_WO: FN(transpose_weight)(dst, w.wo, C, C, Cp); break;
+    case MG_FC1: FN(transpose_weight)(dst, w.fc1, 4 * C, C, C4p); break;
+    default: FN(transpose_weight)(dst, w.fc2, C, 4 * C, Cp); break;
+    }
+}
+
+static void FN(build_wT)(mg_model *M) {
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    if (MG_USE_THREADS(M->num_params * 4, jobs)) {
+        MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+        for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
+        return;
+    }
+    for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
+}
+
 /* The transformer blocks on N tokens whose layer input is `x` (N, C).
  * Training (kc == NULL): attention per document with p0 = 0.
  * Inference (kc != NULL, N == 1): k, v are appended to the cache at `pos`
  * and the query attends the cache.  Returns the final block output. */
-static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, REAL *vc) {
+static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, REAL *vc,
+                                int use_T) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
     for (int l = 0; l < M->cfg.n_layer; l++) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, (REAL *)M->acts, l);
+        const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
         FN(rmsnorm_forward)(a.ln1, a.ln1s, x, N, C);
-        FN(matmul_forward)(a.q, a.ln1, w.wq, N, C, C);
-        FN(matmul_forward)(a.k, a.ln1, w.wk, N, C, C);
-        FN(matmul_forward)(a.v, a.ln1, w.wv, N, C, C);
+        if (!use_T) {
+            FN(matmul_forward)(a.q, a.ln1, w.wq, N, C, C);
+            FN(matmul_forward)(a.k, a.ln1, w.wk, N, C, C);
+            FN(matmul_forward)(a.v, a.ln1, w.wv, N, C, C);
+        } else {
+            FN(matmul_forward_T)(a.q, a.ln1, FN(wT_layer)(M, l, MG_WQ), N, C, C, Cp);
+            FN(matmul_forward_T)(a.k, a.ln1, FN(wT_layer)(M, l, MG_WK), N, C, C, Cp);
+            FN(matmul_forward_T)(a.v, a.ln1, FN(wT_layer)(M, l, MG_WV), N, C, C, Cp);
+        }
         if (kc != NULL) {
             REAL *kl = kc + (size_t)l * T * C, *vl = vc + (size_t)l * T * C;
             memcpy(kl + (size_t)pos * C, a.k, (size_t)C * sizeof(REAL));
             memcpy(vl + (size_t)pos * C, a.v, (size_t)C * sizeof(REAL));
             FN(attention_forward)(a.atty, a.att, a.q, kl, vl, 1, pos, C, NH, T);
         } else {
-            size_t off = 0;
-            for (int d = 0; d < M->n_docs; d++) {
-                const int n = M->doc_lens[d];
-                FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
-                                      a.k + off * C, a.v + off * C, n, 0, C, NH, T);
-                off += (size_t)n;
+            /* documents are independent: one thread per document when the
+             * batch is large (each writes only its own rows) */
+            const int nd = M->n_docs;
+            if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+                MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+                for (int d = 0; d < nd; d++) {
+                    size_t off = 0;
+                    for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
+                    FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
+                                          a.k + off * C, a.v + off * C, M->doc_lens[d], 0, C, NH, T);
+                }
+            } else {
+                size_t off = 0;
+                for (int d = 0; d < nd; d++) {
+                    const int n = M->doc_lens[d];
+                    FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
+                                          a.k + off * C, a.v + off * C, n, 0, C, NH, T);
+                    off += (size_t)n;
+                }
             }
         }
-        FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
+        if (!use_T) FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
+        else FN(matmul_forward_T)(a.attproj, a.atty, FN(wT_layer)(M, l, MG_WO), N, C, C, Cp);
         FN(residual_forward)(a.res2, a.attproj, x, (size_t)N * C);
         FN(rmsnorm_forward)(a.ln2, a.ln2s, a.res2, N, C);
-        FN(matmul_forward)(a.fch, a.ln2, w.fc1, N, C, 4 * C);
+        if (!use_T) FN(matmul_forward)(a.fch, a.ln2, w.fc1, N, C, 4 * C);
+        else FN(matmul_forward_T)(a.fch, a.ln2, FN(wT_layer)(M, l, MG_FC1), N, C, 4 * C, C4p);
         FN(relu_forward)(a.fchr, a.fch, (size_t)N * 4 * C);
-        FN(matmul_forward)(a.fcproj, a.fchr, w.fc2, N, 4 * C, C);
+        if (!use_T) FN(matmul_forward)(a.fcproj, a.fchr, w.fc2, N, 4 * C, C);
+        else FN(matmul_forward_T)(a.fcproj, a.fchr, FN(wT_layer)(M, l, MG_FC2), N, 4 * C, C, Cp);
         FN(residual_forward)(a.res3, a.fcproj, a.res2, (size_t)N * C);
         x = a.res3;
     }
@@ -103,10 +170,19 @@ int FN(mg_forward)(mg_model *M, double *loss) {
     const mg_act_layout *A = &M->acts_layout;
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+    /* Transposed weights (one transposing pass over them per forward) or the
+     * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per
+     * block and per-call copies): measured, the transposed weights win for
+     * batches of more than one register of tokens and for small models;
+     * a single short document in a wide model is faster token-lane.
+     * Inference (one token at a time) always uses the token-lane kernel. */
+    const int use_T = N > MG_LANES || C < 64;
+    if (use_T) FN(build_wT)(M);
     REAL *x = FN(embed_forward)(M, N);
-    x = FN(blocks_forward)(M, x, N, 0, NULL, NULL);
+    x = FN(blocks_forward)(M, x, N, 0, NULL, NULL, use_T);
     REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
-    FN(matmul_forward)(acts + A->logits, x, g.lm_head, N, C, V);
+    if (use_T) FN(matmul_forward_T)(acts + A->logits, x, FN(wT_lm)(M), N, C, V, FN(padT)(V));
+    else FN(matmul_forward)(acts + A->logits, x, g.lm_head, N, C, V);
     FN(crossentropy_softmax_forward)(losses, acts + A->probs, acts + A->logits,
                                      M->targets, N, V);
     /* mean over each document's positions, then mean over the documents */
@@ -129,7 +205,37 @@ int FN(mg_forward)(mg_model *M, double *loss) {
     return MG_OK;
 }
 
-int FN(mg_backward)(mg_model *M) {
+/* matmul_backward of a weight tensor of the model: into the gradients, or
+ * (adam != NULL) applied at once as Adam updates of the weight. */
+static void FN(model_matmul_backward)(mg_model *M, REAL *dinp, REAL *dweight, const REAL *dout,
+                                      const REAL *inp, REAL *weight, int N, int C, int OC,
+                                      const FN(adam_ctx_t) *adam) {
+    if (adam == NULL) {
+        FN(matmul_backward_impl)(dinp, dweight, dout, inp, weight, N, C, OC, NULL);
+        return;
+    }
+    const size_t off = (size_t)(weight - (REAL *)M->params);
+    FN(adam_ctx_t) A = *adam;
+    A.m = (REAL *)M->m_adam + off;
+    A.v = (REAL *)M->v_adam + off;
+    FN(matmul_backward_impl)(dinp, NULL, dout, inp, weight, N, C, OC, &A);
+}
+
+static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam);
+
+int FN(mg_backward)(mg_model *M) { return FN(backward_impl)(M, NULL); }
+
+/* Backward fused with the Adam step (the training loop, with all gradients
+ * zero on entry): every weight matrix is updated as soon as its gradient is
+ * complete, without storing it; wte and wpe go through the gradient buffer
+ * (then zeroed again).  The same values as mg_backward + mg_adam_step. */
+int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
+                         long t) {
+    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
+    return FN(backward_impl)(M, &A);
+}
+
+static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
     const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const int NH = M->cfg.n_head, T = M->cfg.block_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
@@ -141,13 +247,29 @@ int FN(mg_backward)(mg_model *M) {
     FN(zero)(dacts + A->emb, NC);
     FN(zero)(dacts + A->x0, NC);
     FN(zero)(dacts + A->logits, (size_t)N * V);
-    for (int l = 0; l < L; l++) {
-        FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
-        REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
-                      da.fcproj, da.res3};
-        for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j], NC);
-        FN(zero)(da.fch, 4 * NC);
-        FN(zero)(da.fchr, 4 * NC);
+    /* per layer: 10 buffers of N*C and 2 of 4*N*C, zeroed in 18 pieces of N*C
+     * (across threads when large: plain stores, no order question) */
+    const int pieces = 18 * L;
+    if (MG_USE_THREADS(NC * (size_t)pieces, pieces)) {
+        MG_PRAGMA(omp parallel for schedule(static))
+        for (int j = 0; j < pieces; j++) {
+            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, j / 18);
+            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
+                          da.fcproj, da.res3};
+            const int r = j % 18;
+            if (r < 10) FN(zero)(nc[r], NC);
+            else if (r < 14) FN(zero)(da.fch + (size_t)(r - 10) * NC, NC);
+            else FN(zero)(da.fchr + (size_t)(r - 14) * NC, NC);
+        }
+    } else {
+        for (int l = 0; l < L; l++) {
+            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
+            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
+                          da.fcproj, da.res3};
+            for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j], NC);
+            FN(zero)(da.fch, 4 * NC);
+            FN(zero)(da.fchr, 4 * NC);
+        }
     }
 
     /* input of lm_head: output of the last block, or x0 when L == 0 */
@@ -155,7 +277,7 @@ int FN(mg_backward)(mg_model *M) {
     REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
     FN(crossentropy_softmax_backward)(dacts + A->logits, acts + A->dlosses, acts + A->probs,
                                       M->targets, N, V);
-    FN(matmul_backward)(dx, dg.lm_head, dacts + A->logits, x, g.lm_head, N, C, V);
+    FN(model_matmul_backward)(M, dx, dg.lm_head, dacts + A->logits, x, g.lm_head, N, C, V, adam);
 
     for (int l = L - 1; l >= 0; l--) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
@@ -166,28 +288,47 @@ int FN(mg_backward)(mg_model *M) {
         REAL *dxin = l > 0 ? FN(layer_acts)(M, dacts, l - 1).res3 : dacts + A->x0;
 
         FN(residual_backward)(da.fcproj, da.res2, da.res3, (size_t)N * C);
-        FN(matmul_backward)(da.fchr, dw.fc2, da.fcproj, a.fchr, w.fc2, N, 4 * C, C);
+        FN(model_matmul_backward)(M, da.fchr, dw.fc2, da.fcproj, a.fchr, w.fc2, N, 4 * C, C, adam);
         FN(relu_backward)(da.fch, da.fchr, a.fch, (size_t)N * 4 * C);
-        FN(matmul_backward)(da.ln2, dw.fc1, da.fch, a.ln2, w.fc1, N, C, 4 * C);
+        FN(model_matmul_backward)(M, da.ln2, dw.fc1, da.fch, a.ln2, w.fc1, N, C, 4 * C, adam);
         FN(rmsnorm_backward)(da.res2, da.ln2, a.res2, a.ln2s, N, C);
         FN(residual_backward)(da.attproj, dxin, da.res2, (size_t)N * C);
-        FN(matmul_backward)(da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C);
-        size_t off = 0;
-        for (int d = 0; d < M->n_docs; d++) {
-            const int n = M->doc_lens[d];
-            FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
-                                   da.att + off * NH * T, da.atty + off * C,
-                                   a.att + off * NH * T, a.q + off * C, a.k + off * C,
-                                   a.v + off * C, n, C, NH, T);
-            off += (size_t)n;
+        FN(model_matmul_backward)(M, da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C, adam);
+        const int nd = M->n_docs;
+        if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+            MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+            for (int d = 0; d < nd; d++) {
+                size_t off = 0;
+                for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
+                FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
+                                       da.att + off * NH * T, da.atty + off * C,
+                                       a.att + off * NH * T, a.q + off * C, a.k + off * C,
+                                       a.v + off * C, M->doc_lens[d], C, NH, T);
+            }
+        } else {
+            size_t off = 0;
+            for (int d = 0; d < nd; d++) {
+                const int n = M->doc_lens[d];
+                FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
+                                       da.att + off * NH * T, da.atty + off * C,
+                                       a.att + off * NH * T, a.q + off * C, a.k + off * C,
+                                       a.v + off * C, n, C, NH, T);
+                off += (size_t)n;
+            }
         }
-        FN(matmul_backward)(da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C);
-        FN(matmul_backward)(da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C);
-        FN(matmul_backward)(da.ln1, dw.wv, da.v, a.ln1, w.wv, N, C, C);
+        FN(model_matmul_backward)(M, da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C, adam);
+        FN(model_matmul_backward)(M, da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C, adam);
+        FN(model_matmul_backward)(M, da.ln1, dw.wv, da.v, a.ln1, w.wv, N, C, C, adam);
         FN(rmsnorm_backward)(dxin, da.ln1, xin, a.ln1s, N, C);
     }
     FN(rmsnorm_backward)(dacts + A->emb, dacts + A->x0, acts + A->emb, acts + A->x0s, N, C);
     FN(encoder_backward)(dg.wte, dg.wpe, dacts + A->emb, M->inputs, M->positions, N, C);
+    if (adam != NULL) {  /* wte and wpe (adjacent): Adam from the gradients, which are zeroed */
+        const size_t e0 = M->param_offset[MG_WTE];
+        const size_t e1 = M->param_offset[MG_WPE] + (size_t)T * C;
+        FN(adam_run)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
+                     (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, adam);
+    }
     return MG_OK;
 }
 
@@ -200,7 +341,7 @@ int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
     M->inputs[0] = token;
     M->positions[0] = pos;
     REAL *x = FN(embed_forward)(M, 1);
-    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache);
+    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache, 0);
     REAL *z = acts + A->logits;
     FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
     for (int i = 0; i < V; i++) logits[i] = (double)z[i];

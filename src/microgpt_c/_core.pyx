@@ -121,6 +121,16 @@ cdef object make_view(object owner, void *base, size_t offset, size_t itemsize,
     return np.asarray(v)
 
 
+cdef int check_adam_settings(double lr, double beta1, double beta2, double eps) except -1:
+    if not (lr > 0 and lr < float("inf")):
+        raise ConfigError(f"lr (the learning rate) must be a positive finite number, got {lr}")
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}")
+    if not (eps > 0 and eps < float("inf")):
+        raise ConfigError(f"eps must be a positive finite number, got {eps}")
+    return 0
+
+
 cdef object token_array(object tokens, int vocab_size, str what):
     """A validated, C-contiguous 1-D int32 array of token ids."""
     arr = np.asarray(tokens)
@@ -137,6 +147,18 @@ cdef object token_array(object tokens, int vocab_size, str what):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+cdef class _Handle:
+    """Owns the C model.  The GPT object and every NumPy view of its buffers
+    reference the handle (never the GPT), so there is no reference cycle and
+    the memory is freed as soon as the model and its views are gone."""
+    cdef mg_model *m
+
+    def __dealloc__(self):
+        if self.m is not NULL:
+            mg_model_free(self.m)
+            self.m = NULL
+
+
 cdef class GPT:
     """The microgpt model on the C core.
 
@@ -147,7 +169,8 @@ cdef class GPT:
     model alive.  One model must not be used by two threads at once: a second
     concurrent call raises :class:`~microgpt_c.errors.ModelBusyError`.
     """
-    cdef mg_model *_m
+    cdef mg_model *_m          # borrowed from _handle, which owns it
+    cdef _Handle _handle
     cdef bint _busy
     cdef readonly str dtype
     cdef readonly int vocab_size, n_layer, n_embd, n_head, block_size
@@ -189,27 +212,25 @@ cdef class GPT:
         with nogil:
             rc = mg_model_create(&m, &cfg, dt, tokens)
         check(rc, f"could not create the model ({nbytes} bytes)")
+        self._handle = _Handle.__new__(_Handle)
+        self._handle.m = m
         self._m = m
+        owner = self._handle
         self.dtype = dtype
         self.vocab_size, self.n_layer, self.n_embd = cfg.vocab_size, cfg.n_layer, cfg.n_embd
         self.n_head, self.block_size = cfg.n_head, cfg.block_size
         itemsize = 8 if dtype == "float64" else 4
         n = m.num_params
-        self.flat_params = make_view(self, m.params, 0, itemsize, n, 0)
-        self.flat_grads = make_view(self, m.grads, 0, itemsize, n, 0)
-        self.adam_m = make_view(self, m.m_adam, 0, itemsize, n, 0)
-        self.adam_v = make_view(self, m.v_adam, 0, itemsize, n, 0)
+        self.flat_params = make_view(owner, m.params, 0, itemsize, n, 0)
+        self.flat_grads = make_view(owner, m.grads, 0, itemsize, n, 0)
+        self.adam_m = make_view(owner, m.m_adam, 0, itemsize, n, 0)
+        self.adam_v = make_view(owner, m.v_adam, 0, itemsize, n, 0)
         self.params, self.grads = {}, {}
         for i, name in enumerate(tensor_names(cfg.n_layer)):
             check(mg_tensor_info(&cfg, i, &offset, &rows, &cols), "tensor layout")
-            self.params[name] = make_view(self, m.params, offset, itemsize, rows, cols)
-            self.grads[name] = make_view(self, m.grads, offset, itemsize, rows, cols)
+            self.params[name] = make_view(owner, m.params, offset, itemsize, rows, cols)
+            self.grads[name] = make_view(owner, m.grads, offset, itemsize, rows, cols)
         self._logits = np.zeros(cfg.vocab_size, dtype=np.float64)
-
-    def __dealloc__(self):
-        if self._m is not NULL:
-            mg_model_free(self._m)
-            self._m = NULL
 
     # ------------------------------------------------------------ helpers
     cdef int _enter(self) except -1:
@@ -238,7 +259,11 @@ cdef class GPT:
         (a ``random.Random``; the same stream the reference uses)."""
         gauss = rng.gauss
         values = [gauss(0.0, std) for _ in range(self._m.num_params)]
-        self.flat_params[:] = values
+        self._enter()
+        try:
+            self.flat_params[:] = values
+        finally:
+            self._busy = False
 
     # ----------------------------------------------------------- training
     def forward_backward(self, tokens):
@@ -331,6 +356,9 @@ cdef class GPT:
                 rc = mg_adam_step(self._m, lr_t, beta1, beta2, eps, t)
         finally:
             self._busy = False
+        if rc == MG_ERR_NONFINITE:
+            raise NonFiniteLossError("the gradient is NaN or infinite; the update was not "
+                                     "applied (gradients were zeroed)")
         check(rc, "adam step")
 
     def train_steps(self, corpus, doc_starts, long step0, long n_steps, long num_steps,
@@ -350,9 +378,7 @@ cdef class GPT:
         cdef int rc
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
             raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
-        for name, val in (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps)):
-            if not np.isfinite(val):
-                raise ValueError(f"{name} must be finite, got {val}")
+        check_adam_settings(lr, beta1, beta2, eps)
         cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus")
         starts = np.asarray(doc_starts)
         if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
@@ -376,9 +402,11 @@ cdef class GPT:
         finally:
             self._busy = False
         if rc == MG_ERR_NONFINITE:
+            what = (f"the loss became {losses[done]}" if not np.isfinite(losses[done])
+                    else "the gradient became NaN or infinite")
             err = NonFiniteLossError(
-                f"the loss became {losses[done]} at step {step0 + done + 1}; lower the "
-                "learning rate or use float64 (that step's update was not applied)")
+                f"{what} at step {step0 + done + 1}; lower the learning rate or use "
+                "float64 (that step's update was not applied)")
             err.step = step0 + done + 1
             err.losses = losses[:done].copy()
             raise err
@@ -415,6 +443,9 @@ def softmax_temperature(logits, double temperature=1.0):
     cdef int rc
     if not (temperature > 0) or not np.isfinite(temperature):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if not np.isfinite(1.0 / temperature):
+        raise ValueError(f"temperature {temperature} is too small (its reciprocal overflows); "
+                         "use a temperature of at least 1e-300")
     cdef double[::1] z = np.ascontiguousarray(logits, dtype=np.float64)
     if z.shape[0] < 1:
         raise ValueError("logits must not be empty")

@@ -35,8 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from . import _core
 from . import data as data_mod
@@ -53,6 +52,8 @@ __all__ = ["BACKENDS", "GPT", "RUN_FIELDS", "TrainConfig", "TrainResult", "Train
 
 PathArg = Union[str, "os.PathLike[str]"]
 BACKENDS = ("c", "reference")
+MAX_C_INT = 2**31 - 1    # sizes and threads are C ints
+MAX_STEPS = 2**62        # steps are C longs (and int64 step counters)
 #: Settings that define a run: resuming with any of them changed is an error.
 RUN_FIELDS = ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size", "lr",
               "beta1", "beta2", "eps", "seed", "dtype")
@@ -111,6 +112,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, "
                                   f"got {value!r}")
+            limit = MAX_STEPS if name == "steps" else MAX_C_INT
+            if value > limit:
+                raise ConfigError(f"{name.replace('_', '-')} must be at most {limit}, "
+                                  f"got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if (isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int)
@@ -124,13 +129,20 @@ class TrainConfig:
         if self.threads is not None and (isinstance(self.threads, bool)
                                          or not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.threads is not None and self.threads > MAX_C_INT:
+            raise ConfigError(f"threads must be at most {MAX_C_INT}, got {self.threads}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n-embd ({self.n_embd}) must be divisible by n-head ({self.n_head})")
+        if self.batch_size * self.block_size > MAX_C_INT:
+            raise ConfigError(f"batch-size x block-size = {self.batch_size * self.block_size} "
+                              f"tokens per step is too many (at most {MAX_C_INT}); reduce "
+                              "--batch-size or --block-size")
         for name in ("lr", "temperature", "eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        _check_temperature(self.temperature)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
@@ -143,6 +155,13 @@ class TrainConfig:
         if self.backend == "reference" and self.dtype != "float64":
             raise ConfigError("the reference backend is float64 only; use --dtype float64")
         return self
+
+
+def _check_temperature(temperature: float) -> None:
+    if 0 < temperature < 1 / sys.float_info.max:
+        raise ConfigError(f"temperature {temperature!r} is too small: logits * temperature**-1 "
+                          "would overflow; use a temperature of at least 1e-300 (or --top-k 1 "
+                          "for the most likely character)")
 
 
 @dataclass
@@ -251,6 +270,7 @@ def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_s
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
             and temperature > 0):
         raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
+    _check_temperature(temperature)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ConfigError(f"top-k must be a positive integer, got {top_k!r}")
     ids = check_prefix(prefix, tokenizer, model.block_size)
@@ -481,16 +501,16 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
     rng = random.Random(cfg.seed)
     rng.shuffle(documents)
     tokenizer = data_mod.Tokenizer(documents)
-    log(f"num docs: {len(documents)}")
-    log(f"vocab size: {tokenizer.vocab_size}")
     if cfg.prefix:
         check_prefix(cfg.prefix, tokenizer, cfg.block_size)  # fail before training
+    if ckpt is not None and ckpt.uchars is not None and ckpt.uchars != "".join(tokenizer.uchars):
+        raise CheckpointMismatchError("cannot resume: the vocabulary differs from the "
+                                      "checkpoint's")
     model = make_model(cfg, tokenizer.vocab_size)
+    log(f"num docs: {len(documents)}")
+    log(f"vocab size: {tokenizer.vocab_size}")
     history: List[float] = []
     if ckpt is not None and ckpt.train is not None:
-        if ckpt.uchars is not None and ckpt.uchars != "".join(tokenizer.uchars):
-            raise CheckpointMismatchError("cannot resume: the vocabulary differs from the "
-                                          "checkpoint's")
         restore_into(model, ckpt)
         rng.setstate(ckpt.train.rng_state)
         step = ckpt.train.step
@@ -638,27 +658,40 @@ def save_loss_plot(losses: Sequence[float], path: PathArg, window: Optional[int]
 _SIMD_FLAGS = {"sse2": "SSE2", "sse4_1": "SSE4.1", "sse4_2": "SSE4.2", "avx": "AVX",
                "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX512F", "neon": "NEON",
                "asimd": "NEON"}
+_X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe"}
+_X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
 
-def _cpu_simd() -> List[str]:
-    """SIMD instruction sets this CPU supports (best effort; Linux /proc/cpuinfo,
-    NEON on arm64)."""
-    found = set()
+def _cpu_flags() -> set:
+    """The CPU feature flags from /proc/cpuinfo (Linux), else empty."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    for flag in line.split(":", 1)[1].split():
-                        if flag in _SIMD_FLAGS:
-                            found.add(_SIMD_FLAGS[flag])
-                    break
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return set(value.split())
     except OSError:
         pass
+    return set()
+
+
+def _cpu_simd(flags: set) -> List[str]:
+    """SIMD instruction sets this CPU supports (best effort)."""
+    found = {_SIMD_FLAGS[f] for f in flags if f in _SIMD_FLAGS}
     if platform.machine().lower() in ("arm64", "aarch64"):
         found.add("NEON")
     order = list(dict.fromkeys(_SIMD_FLAGS.values()))
     return [s for s in order if s in found]
+
+
+def _active_clone(clones: Sequence[str], flags: set) -> Optional[str]:
+    if not clones:
+        return None
+    if "x86-64-v4" in clones and _X86_V4 <= flags:
+        return "x86-64-v4"
+    if "x86-64-v3" in clones and _X86_V3 <= flags:
+        return "x86-64-v3"
+    return "default"
 
 
 def build_info() -> Dict[str, Any]:
@@ -668,20 +701,26 @@ def build_info() -> Dict[str, Any]:
     (threads the kernels use now; honours ``OMP_NUM_THREADS`` and
     :func:`set_num_threads`); ``compiler`` and ``compiler_version``;
     ``cflags`` and ``ldflags`` (the flags the C core was compiled and linked
-    with); ``openmp_flags``; ``simd`` (SIMD instruction sets the compiler
-    targeted, i.e. the vector paths compiled in); ``cpu_simd`` (those this CPU
-    supports); ``platform``; ``python``."""
+    with); ``openmp_flags``; ``simd`` (SIMD instruction sets of the baseline
+    target); ``simd_clones`` (the targets the hot kernels are additionally
+    compiled for, one picked at load time; empty if none) and ``simd_active``
+    (the one this CPU gets, best effort); ``cpu_simd`` (SIMD sets this CPU
+    supports); ``platform``; ``python``.  Build details are None/empty if
+    the package was built without microgpt_c's setup.py."""
     try:
         from ._build_config import BUILD_CONFIG  # written by setup.py at build time
         config: Dict[str, Any] = dict(BUILD_CONFIG)
     except ImportError:
         config = {"compiler": None, "compiler_version": None, "cflags": [], "ldflags": [],
                   "openmp_flags": [], "simd": []}
-    info = {"version": __version__, "openmp": _core.openmp_enabled(),
-            "num_threads": _core.get_num_threads()}
+    config.setdefault("simd_clones", [])
+    flags = _cpu_flags()
+    info: Dict[str, Any] = {"version": __version__}
     info.update(config)
     info["openmp"] = _core.openmp_enabled()  # what the compiled module says wins
-    info["cpu_simd"] = _cpu_simd()
+    info["num_threads"] = _core.get_num_threads()
+    info["simd_active"] = _active_clone(config["simd_clones"], flags)
+    info["cpu_simd"] = _cpu_simd(flags)
     info["platform"] = platform.platform()
     info["python"] = sys.version.split()[0]
     return info

@@ -161,6 +161,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: PathArg, raw: bytes) -> Path:
     """Write ``raw`` to ``path`` atomically: a temporary file in the same
     directory is written, flushed and fsync-ed, then renamed over ``path``
@@ -170,6 +176,8 @@ def atomic_write_bytes(path: PathArg, raw: bytes) -> Path:
     path = Path(os.fspath(path))
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the usual 0666 & ~umask
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(raw)
             tmp.flush()
@@ -252,7 +260,7 @@ def save_checkpoint(path: PathArg, model, *, uchars: Optional[str] = None,
         raise CheckpointError("only the C backend's GPT can be saved (the reference backend "
                               "keeps no Adam state in arrays)")
     config = {k: int(getattr(model, k)) for k in CONFIG_KEYS}
-    dtype = DTYPES[model.dtype]
+    dtype: Any = DTYPES[model.dtype]
     tensors: Dict[str, np.ndarray] = {}
     slices = _flat_slices(model)
     for name, (off, shape) in slices.items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from . import data as data_mod
 from ._version import __version__
@@ -44,7 +44,8 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
         if threads < 1:
             raise MicrogptError(f"threads must be >= 1, got {threads}")
         set_num_threads(threads)
-    settings = {"num_samples": 20, "temperature": 0.5, "top_k": None, "prefix": ""}
+    settings: Dict[str, Any] = {"num_samples": 20, "temperature": 0.5, "top_k": None,
+                                "prefix": ""}
     settings.update(sampling_defaults(ckpt))
     for key, value in (("num_samples", num_samples), ("temperature", temperature),
                        ("top_k", top_k), ("prefix", prefix)):
@@ -98,8 +99,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line ``error: ...`` on stderr (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {_one_line_text(message)} (see {self.prog} --help)\n")
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m microgpt_c.sample",
         description="Sample new documents (names) from a microgpt_c checkpoint. With only "
                     "--checkpoint it prints the same names the training run printed.")
@@ -139,14 +151,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return _broken_pipe()
-    except (MicrogptError, ValueError, OSError, MemoryError) as err:
+    except (MicrogptError, ValueError, OverflowError, OSError, MemoryError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    return _one_line_text(str(err)) or type(err).__name__
 
 
 def _broken_pipe() -> int:

@@ -30,8 +30,8 @@ from .api import (BACKENDS, RUN_FIELDS, GPT, TrainConfig, TrainingInterrupted, T
                   save_loss_plot, softmax_for, train)
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .errors import MicrogptError, NonFiniteLossError
-from .sample import (_broken_pipe, _nonneg_int, _one_line, _positive_float, _positive_int,
-                     format_samples, sample_checkpoint)
+from .sample import (ArgumentParser, _broken_pipe, _nonneg_int, _one_line, _positive_float,
+                     _positive_int, format_samples, sample_checkpoint)
 
 __all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
            "make_model", "sample_names", "softmax_for", "train"]
@@ -47,7 +47,7 @@ RUN_OPTIONS = ("out", "save_every", "resume", "stop_after", "plot", "progress", 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(backend="c")
     S = argparse.SUPPRESS  # options not given are absent: --resume takes them from the checkpoint
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m microgpt_c.train",
         description="Train microgpt (a one-layer character GPT) on a list of documents, one "
                     "per line, and print sampled new ones. With no arguments it reproduces "
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "spans --steps, so --resume continues the same run")
     g.add_argument("--sample-only", action="store_true", default=S,
                    help="do not train: sample from the --resume checkpoint (like "
-                        "python -m microgpt_c.sample)")
+                        "python -m microgpt_c.sample; --seed then seeds a fresh sampling "
+                        "stream instead of continuing the checkpoint's)")
     g = p.add_argument_group("sampling")
     g.add_argument("--num-samples", type=_nonneg_int, default=S, metavar="N",
                    help=f"names to sample after training (default: {d.num_samples})")
@@ -192,8 +193,14 @@ class Progress:
     def _bar(self, first: int, losses: List[float]) -> None:
         if self.bar is None:
             from tqdm import tqdm
+            try:  # a terminal reporting a 0x0 size (e.g. a fresh pty) would hide the bar
+                size = os.get_terminal_size(self.err.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (AttributeError, ValueError, OSError):
+                sized = False
             self.bar = tqdm(total=self.stop, initial=first - 1, unit="step", file=self.err,
-                            dynamic_ncols=True, leave=True, desc="training")
+                            dynamic_ncols=sized, ncols=None if sized else 100,
+                            nrows=None if sized else 24, leave=True, desc="training")
         self.bar.update(len(losses))
         if losses:
             self.bar.set_postfix_str(f"loss {losses[-1]:.4f}", refresh=False)
@@ -246,13 +253,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     quiet = bool(opts.get("quiet", False))
     out, err = sys.stdout, sys.stderr
 
+    # messages for stderr wait until the run has passed its checks (the first
+    # header line), so that an error before that is the only line on stderr
+    pending: List[str] = []
+    started = False
+
     def log(line: str) -> None:
-        if not quiet:
-            print(line, file=out, flush=True)
+        nonlocal started
+        if quiet:
+            return
+        if not started:
+            started = True
+            for message in pending:
+                print(message, file=err, flush=True)
+            pending.clear()
+        print(line, file=out, flush=True)
 
     def info(line: str) -> None:
-        if not quiet:
+        if quiet:
+            return
+        if started:
             print(line, file=err, flush=True)
+        else:
+            pending.append(line)
 
     progress: Optional[Progress] = None
     metrics = None
@@ -306,7 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _error(_one_line(exc) + note)
     except BrokenPipeError:
         return _broken_pipe()
-    except (data_mod.DataError, MicrogptError, ValueError, OSError, MemoryError) as exc:
+    except (data_mod.DataError, MicrogptError, ValueError, OverflowError, OSError,
+            MemoryError) as exc:
         if progress is not None:
             progress.close()
         return _error(_one_line(exc))

@@ -25,6 +25,8 @@ OPENMP=${OPENMP:-1}
 OMPFLAGS=()
 if [ "$OPENMP" = "1" ]; then
     OMPFLAGS=(-fopenmp)
+else
+    OMPFLAGS=(-Wno-unknown-pragmas)   # the serial build ignores the omp pragmas
 fi
 
 mkdir -p "$(dirname "$OUT")"

@@ -1,0 +1,285 @@
+"""Benchmarks of the hot paths, and speed regression checks.
+
+The ``benchmark`` tests time each kernel's forward and backward (16/16 and
+64/64, on preallocated arrays), a training step, Adam, sampling one name and
+the baselines' steps.  In the normal suite (pyproject's ``--benchmark-disable``)
+each runs once, as a smoke test; run them for real with
+
+    python -m pytest tests/test_benchmarks.py --benchmark-enable
+
+The regression checks assert only ratios of times measured in the same run
+(medians, taken in turn, one thread, generous margins), never absolute
+times, so that they hold on a slow or busy machine.  The timing helpers are
+shared with ``bench/run.py`` (``bench/benchlib.py``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import microgpt_c
+from microgpt_c import _kernels as K
+from microgpt_c.reference import param_shapes
+from microgpt_c.train import sample_names
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH_DIR))
+import benchlib as B  # noqa: E402
+import numpy_gpt  # noqa: E402
+
+SIZE16, SIZE64, SIZE64_4L = B.SIZES
+KERNEL_SIZES = {"16/16": (16, 16), "64/64": (64, 64)}   # (n_embd C, tokens N = block T)
+V, NH = 27, 4
+
+
+@pytest.fixture(scope="module")
+def data():
+    return B.load_dataset()
+
+
+@pytest.fixture(scope="module")
+def small_data(data):
+    return data.subset(256)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the C core on one thread (ratios compare single-thread figures)."""
+    before = microgpt_c.get_num_threads()
+    microgpt_c.set_num_threads(1)
+    yield
+    microgpt_c.set_num_threads(before)
+
+
+# ================================================================ kernels
+def kernel_calls(C, N, dtype):
+    """Each kernel as (function, preallocated arguments), shapes of one layer
+    on N tokens of width C (matmul: the MLP's C -> 4C)."""
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    def z(*shape):
+        return np.zeros(shape, dtype)
+
+    T = N
+    tok = rng.integers(0, V, N).astype(np.int32)
+    pos = np.arange(N, dtype=np.int32)
+    x, dx, w = r(N, C), r(N, C), r(4 * C, C)
+    q, k, v = r(N, C), r(N, C), r(N, C)
+    att = z(N, NH, T)
+    K.attention_forward(z(N, C), att, q, k, v)
+    scale = z(N)
+    K.rmsnorm_forward(z(N, C), scale, x)
+    logits, probs = r(N, V), z(N, V)
+    K.crossentropy_softmax_forward(z(N), probs, logits, tok)
+    h = r(N * 4 * C)
+    return {
+        "encoder_forward": (K.encoder_forward, (z(N, C), tok, pos, r(V, C), r(T, C))),
+        "encoder_backward": (K.encoder_backward, (z(V, C), z(T, C), dx, tok, pos)),
+        "rmsnorm_forward": (K.rmsnorm_forward, (z(N, C), z(N), x)),
+        "rmsnorm_backward": (K.rmsnorm_backward, (z(N, C), dx, x, scale)),
+        "matmul_forward": (K.matmul_forward, (z(N, 4 * C), x, w)),
+        "matmul_backward": (K.matmul_backward, (z(N, C), z(4 * C, C), r(N, 4 * C), x, w)),
+        "attention_forward": (K.attention_forward, (z(N, C), z(N, NH, T), q, k, v)),
+        "attention_backward": (K.attention_backward, (z(N, C), z(N, C), z(N, C), dx, att, q, k, v)),
+        "relu_forward": (K.relu_forward, (z(N * 4 * C), h)),
+        "relu_backward": (K.relu_backward, (z(N * 4 * C), r(N * 4 * C), h)),
+        "residual_forward": (K.residual_forward, (z(N * C), x.ravel(), dx.ravel())),
+        "residual_backward": (K.residual_backward, (z(N * C), z(N * C), dx.ravel())),
+        "crossentropy_forward": (K.crossentropy_softmax_forward, (z(N), z(N, V), logits, tok)),
+        "crossentropy_backward": (K.crossentropy_softmax_backward,
+                                  (z(N, V), np.full(N, 1 / N, dtype), probs, tok)),
+    }
+
+
+KERNELS = list(kernel_calls(4, 2, np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("size", list(KERNEL_SIZES))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel(benchmark, kernel, size, dtype):
+    benchmark.group = f"kernel {size}"
+    fn, args = kernel_calls(*KERNEL_SIZES[size], dtype)[kernel]
+    benchmark(fn, *args)
+
+
+@pytest.mark.parametrize("n_params", [4192, sum(
+    r * c for r, c in param_shapes(V, SIZE64_4L.n_layer, SIZE64_4L.n_embd,
+                                   SIZE64_4L.block_size).values())], ids=["4192", "64x64x4L"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_adam_update(benchmark, n_params, dtype):
+    benchmark.group = "adam"
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(n_params).astype(dtype), rng.standard_normal(n_params).astype(dtype)
+    m, v = np.zeros(n_params, dtype), np.zeros(n_params, dtype)
+    benchmark(K.adam_update, p, m, v, g, 0.01, 0.85, 0.99, 1e-8, 10)
+
+
+# ========================================================== whole steps
+TRAIN_CASES = [(SIZE16, "float64", 1), (SIZE16, "float32", 1), (SIZE16, "float32", 16),
+               (SIZE64, "float32", 1), (SIZE64, "float32", 32), (SIZE64_4L, "float32", 1)]
+
+
+@pytest.mark.parametrize("size,dtype,batch", TRAIN_CASES,
+                         ids=[f"{s.label}-{d}-B{b}".replace(" ", "-") for s, d, b in TRAIN_CASES])
+def test_train_step(benchmark, small_data, size, dtype, batch):
+    """One step of GPT.train_steps (on a small corpus, so that its per-call
+    validation of the corpus stays small)."""
+    benchmark.group = "train step"
+    trainer = B.CTrainer(B.c_model(size, dtype, small_data, batch), small_data, batch)
+    losses = benchmark(trainer, 1)
+    assert np.all(np.isfinite(losses))
+
+
+def test_sample_one_name(benchmark, data):
+    benchmark.group = "sampling"
+    model = B.trained_model(SIZE16, "float64", data)
+    rng = random.Random(0)
+    names = benchmark(sample_names, model, data.tokenizer, rng, 1, 0.5)
+    assert len(names) == 1
+
+
+def test_reference_step(benchmark, data):
+    benchmark.group = "baseline step 16/16"
+    benchmark.pedantic(B.StepLoop(B.ReferenceStepper(SIZE16, data), data), args=(1,),
+                       rounds=3, iterations=1)
+
+
+def test_numpy_step(benchmark, data):
+    benchmark.group = "baseline step 16/16"
+    benchmark(B.StepLoop(B.numpy_model(SIZE16, "float64", data), data), 1)
+
+
+def test_torch_step(benchmark, data):
+    pytest.importorskip("torch").set_num_threads(1)
+    benchmark.group = "baseline step 16/16"
+    benchmark(B.StepLoop(B.torch_model(SIZE16, "float64", data), data), 1)
+
+
+# ======================================================== speed ratios
+def test_c_step_at_least_1000x_faster_than_reference(data, one_thread):
+    """16/16 float64, one document per step (the true ratio is ~10^4)."""
+    ref = B.time_reference_step(SIZE16, data, steps=3)
+    c = B.time_c_step(SIZE16, "float64", data, 1, min_time=0.05, repeats=5)
+    assert ref / c >= 1000, f"reference {ref * 1e6:.0f} µs/step, C {c * 1e6:.2f} µs/step"
+
+
+def test_batched_step_is_faster_per_name(data, one_thread):
+    """16/16 float32: a B=16 step costs less per name than 16 one-name steps."""
+    one, batched = B.interleaved([
+        lambda: B.time_c_step(SIZE16, "float32", data, 1, min_time=0.03, repeats=1),
+        lambda: B.time_c_step(SIZE16, "float32", data, 16, min_time=0.03, repeats=1) / 16,
+    ], rounds=5)
+    assert batched < one, f"B=16: {batched * 1e6:.2f} µs/name, B=1: {one * 1e6:.2f} µs/name"
+
+
+@pytest.mark.parametrize("size,dtype,batch", [(SIZE16, "float64", 1), (SIZE64, "float32", 32)],
+                         ids=["16/16-float64-B1", "64/64-float32-B32"])
+def test_c_step_faster_than_numpy(data, one_thread, size, dtype, batch):
+    """At least 2x faster than the NumPy baseline on the same documents."""
+    np_time, c_time = B.interleaved([
+        lambda: B.time_numpy_step(size, dtype, data, batch, min_time=0.03, repeats=1),
+        lambda: B.time_c_step(size, dtype, data, batch, min_time=0.03, repeats=1),
+    ], rounds=3)
+    assert np_time / c_time >= 2, (f"NumPy {np_time * 1e6:.0f} µs/step, "
+                                   f"C {c_time * 1e6:.0f} µs/step")
+
+
+# ============================================== baselines are the same model
+def test_numpy_baseline_matches_microgpt_c():
+    errs = numpy_gpt.self_check("float64")
+    assert errs["loss"] < 1e-10 and errs["grad"] < 1e-10, errs
+    assert errs["train_loss"] < 1e-10 and errs["params"] < 1e-10, errs
+    errs = numpy_gpt.self_check("float32")
+    assert errs["loss"] < 1e-4 and errs["grad"] < 1e-4, errs
+
+
+def test_torch_baseline_matches_microgpt_c():
+    pytest.importorskip("torch").set_num_threads(1)
+    import torch_gpt
+    errs = torch_gpt.self_check("float64")
+    assert max(errs.values()) < 1e-10, errs
+
+
+# ============================================== memory and threads
+def test_peak_rss_does_not_grow_with_steps():
+    rss = B.measure_rss((1000, 5000))
+    a, b = rss["1000"]["maxrss_kib"], rss["5000"]["maxrss_kib"]
+    assert b <= a + 1024, f"peak RSS {a} KiB after 1000 steps, {b} KiB after 5000"
+
+
+@pytest.mark.skipif(not microgpt_c.openmp_enabled(), reason="serial build")
+def test_two_threads_bit_identical(data):
+    """A fixed batched run gives the same losses and parameters on 1 and 2 threads."""
+    before = microgpt_c.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            microgpt_c.set_num_threads(n)
+            runs.append(B.determinism_fingerprint(SIZE64, "float32", data, 32, steps=3))
+    finally:
+        microgpt_c.set_num_threads(before)
+    assert runs[0] == runs[1]
+
+
+# ============================================== the report generator
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH_DIR / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_results():
+    rows = [{"size": "16/16", "impl": "reference", "dtype": "float64", "batch": 1, "threads": 1,
+             "us_step": 150000.0}]
+    for s in B.SIZES:
+        for dtype in B.DTYPES:
+            for batch in (1, s.batch):
+                rows.append({"size": s.label, "impl": "numpy", "dtype": dtype, "batch": batch,
+                             "threads": 1, "us_step": 300.0 * batch})
+                for threads in (1, 2):
+                    rows.append({"size": s.label, "impl": "microgpt_c", "dtype": dtype,
+                                 "batch": batch, "threads": threads, "us_step": 3.0 * batch})
+    return {"date": "today", "settings": {"min_time": 0.1, "repeats": 3, "ref_steps": 2,
+                                          "fingerprint_steps": 8, "speedup_rounds": 2},
+            "rows": rows, "notes": ["a note"], "omp_threads": {1: 1, 2: 2},
+            "sampling": {"float64": 1e-4}, "numpy_check": {"loss": 0, "grad": 0, "params": 0},
+            "rss": {"1000": {"maxrss_kib": 40000, "ru_maxrss_kib": 40000, "train_seconds": 0.01,
+                             "final_loss": 2.6},
+                    "5000": {"maxrss_kib": 40100, "ru_maxrss_kib": 40100, "train_seconds": 0.05,
+                             "final_loss": 2.4}},
+            "machine": {"cpu": "cpu", "logical_cpus": 2, "usable_cpus": 2, "os": "os",
+                        "python": "3", "numpy": "2", "torch": "not installed",
+                        "compiler": "cc", "microgpt_c": "0", "openmp": True},
+            "data": "names", "load_before": "0", "load_after": "0"}
+
+
+def test_report_renders(tmp_path):
+    run = load_run_module()
+    results = fake_results()
+    fp = {"64/64 1L|float32|32": [[1.0], "x"], "16/16|float64|1": [[2.0], "y"]}
+    sp = run.compare_fingerprints(3.0, 3.0, fp, {**fp, "16/16|float64|1": [[2.5], "y"]})
+    assert sp["identical"] and sp["different"] == ["16/16 float64 1"]
+    results["speedup"] = sp
+    table = run.markdown_table(results)
+    assert "| 16/16 | microgpt_c | float64 | 1 | 1 | 3 | 3 | 50,000× | 100× |" in table
+    targets = {name: verdict for name, _, _, verdict in run.evaluate_targets(results)}
+    assert targets["16/16, 1 name/step, float64"] == "pass"
+    assert targets["64/64 4 layers, float32"] == "pass"
+    assert "miss" in targets.values()           # 2 threads: 1.0x < 1.7x
+    out = tmp_path / "REPORT.md"
+    run.write_report(results, out, tmp_path / "report.png", 1.0, "quick")
+    text = out.read_text(encoding="utf-8")
+    assert "## Issue targets" in text and "{" not in text   # no unformatted f-string
+    pytest.importorskip("matplotlib")
+    run.write_chart(results, tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 1000
