@@ -29,7 +29,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define MG_USE_THREADS(work, pieces) \
-    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && omp_get_max_threads() > 1)
+    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && mg_team_size() > 1)
 #else
 #define MG_USE_THREADS(work, pieces) 0
 #endif
@@ -117,7 +117,7 @@ void FN(rmsnorm_forward)(REAL *out,           /* (N, C) */
     /* rows are independent: 32-row chunks across threads when large */
     if (MG_USE_THREADS((size_t)N * C * 8, N / 32)) {
         const int chunks = (N + 31) / 32;
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int c = 0; c < chunks; c++)
             FN(rmsnorm_forward_rows)(out, scale, inp, 32 * c, 32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c);
         return;
@@ -149,7 +149,7 @@ void FN(rmsnorm_backward)(REAL *dinp,          /* (N, C) */
     const REAL inv_c = FN(recip_int)(C);
     if (MG_USE_THREADS((size_t)N * C * 8, N / 32)) {
         const int chunks = (N + 31) / 32;
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int c = 0; c < chunks; c++)
             FN(rmsnorm_backward_rows)(dinp, dout, inp, scale, 32 * c,
                                       32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c);
@@ -263,7 +263,7 @@ void FN(matmul_forward)(REAL *out,            /* (N, OC) */
                         int N, int C, int OC) {
     const int nblocks = (N + MG_LANES - 1) / MG_LANES;
     if (MG_USE_THREADS((size_t)N * C * OC, nblocks)) {
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int b = 0; b < nblocks; b++) FN(matmul_forward_range)(out, inp, weight, N, C, OC, b, b + 1);
         return;
     }
@@ -415,7 +415,7 @@ static void FN(matmul_forward_T)(REAL *out, const REAL *inp, const REAL *wT,
                                  int N, int C, int OC, int OCp) {
     const int chunks = (N + 7) / 8;
     if (MG_USE_THREADS((size_t)N * C * OC, chunks)) {
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int c = 0; c < chunks; c++)
             FN(matmul_forward_T_rows)(out, inp, wT, C, OC, OCp, 8 * c, 8 * c + 8 < N ? 8 * c + 8 : N);
         return;
@@ -574,28 +574,33 @@ MG_HOT static void FN(matmul_backward_dweight)(REAL *dweight, const REAL *dout, 
 #undef MG_DW_EMIT
 }
 
-/* matmul_backward; with A != NULL, the weight gradient goes straight into an
- * Adam update of weight (dweight is not touched).  dinp is computed first,
- * from the weight before its update. */
-static void FN(matmul_backward_impl)(REAL *dinp, REAL *dweight, const REAL *dout, const REAL *inp,
-                                     REAL *weight, int N, int C, int OC, const FN(adam_ctx_t) *A) {
+/* The two halves of matmul_backward.  dinp first (from the weight before
+ * any update); dweight: with A != NULL the weight gradient goes straight
+ * into an Adam update of weight (dweight is not touched). */
+static void FN(matmul_backward_dinp_all)(REAL *dinp, const REAL *dout, const REAL *weight,
+                                         int N, int C, int OC) {
     const size_t work = (size_t)N * C * OC;
     (void)work;  /* unused without OpenMP */
-    /* dinp nest: each row n belongs to one thread */
-    if (dinp != NULL) {
-        if (MG_USE_THREADS(work, N / 4)) {
-            const int chunks = (N + 3) / 4;
-            MG_PRAGMA(omp parallel for schedule(static))
-            for (int c = 0; c < chunks; c++)
-                FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 4 * c, 4 * c + 4 < N ? 4 * c + 4 : N);
-        } else {
-            FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 0, N);
-        }
+    /* each row n belongs to one thread */
+    if (MG_USE_THREADS(work, N / 4)) {
+        const int chunks = (N + 3) / 4;
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        for (int c = 0; c < chunks; c++)
+            FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 4 * c, 4 * c + 4 < N ? 4 * c + 4 : N);
+    } else {
+        FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 0, N);
     }
-    /* dweight nest: each row oc belongs to one thread, summed over n in order */
+}
+
+static void FN(matmul_backward_dweight_all)(REAL *dweight, const REAL *dout, const REAL *inp,
+                                            REAL *weight, int N, int C, int OC,
+                                            const FN(adam_ctx_t) *A) {
+    const size_t work = (size_t)N * C * OC;
+    (void)work;
+    /* each row oc belongs to one thread, summed over n in order */
     if (MG_USE_THREADS(work, OC / 4)) {
         const int chunks = (OC + 3) / 4;
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int c = 0; c < chunks; c++)
             FN(matmul_backward_dweight)(dweight, dout, inp, N, C, OC, 4 * c,
                                         4 * c + 4 < OC ? 4 * c + 4 : OC, weight, A);
@@ -604,13 +609,47 @@ static void FN(matmul_backward_impl)(REAL *dinp, REAL *dweight, const REAL *dout
     }
 }
 
+/* 0 if a[0..n) holds a NaN or an infinity; else 1 and *maxabs = max |a_i|.
+ * On the bit patterns: |x| is the pattern without the sign bit, ordered
+ * like the value for non-negative floats; NaN and inf have the top
+ * (all-ones) exponent.  An integer max reduction, which vectorises. */
+MG_HOT static int FN(finite_maxabs)(const REAL *a, size_t n, double *maxabs) {
+    if (sizeof(REAL) == 4) {
+        uint32_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &a[i], sizeof b);
+            b &= 0x7fffffffu;
+            m = b > m ? b : m;
+        }
+        if (m >= 0x7f800000u) return 0;
+        float f;
+        memcpy(&f, &m, sizeof f);
+        *maxabs = (double)f;
+    } else {
+        uint64_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t b;
+            memcpy(&b, &a[i], sizeof b);
+            b &= 0x7fffffffffffffffull;
+            m = b > m ? b : m;
+        }
+        if (m >= 0x7ff0000000000000ull) return 0;
+        double d;
+        memcpy(&d, &m, sizeof d);
+        *maxabs = d;
+    }
+    return 1;
+}
+
 void FN(matmul_backward)(REAL *dinp,           /* (N, C) */
                          REAL *dweight,        /* (OC, C) */
                          const REAL *dout,     /* (N, OC) */
                          const REAL *inp,      /* (N, C) */
                          const REAL *weight,   /* (OC, C) */
                          int N, int C, int OC) {
-    FN(matmul_backward_impl)(dinp, dweight, dout, inp, (REAL *)weight, N, C, OC, NULL);
+    FN(matmul_backward_dinp_all)(dinp, dout, weight, N, C, OC);
+    FN(matmul_backward_dweight_all)(dweight, dout, inp, (REAL *)weight, N, C, OC, NULL);
 }
 
 /* ------------------------------------------------------------- attention */
@@ -789,7 +828,7 @@ void FN(attention_forward)(REAL *out,         /* (N, C) */
         return;
     }
     if (MG_USE_THREADS((size_t)N * (p0 + N) * C, N)) {
-        MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
         for (int i = 0; i < N; i++) FN(attention_forward_rows)(out, att, q, k, v, i, i + 1, p0, C, NH, T);
         return;
     }
@@ -854,7 +893,7 @@ void FN(attention_backward)(REAL *dq,          /* (N, C) */
     }
     /* one head per thread: the head's slices of dq, dk, dv are its own */
     if (MG_USE_THREADS((size_t)N * N * C, NH)) {
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int h = 0; h < NH; h++)
             FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, h, h + 1, N, C, NH, T);
         return;
@@ -937,7 +976,7 @@ void FN(crossentropy_softmax_forward)(REAL *losses,          /* (N) */
                                       int N, int V) {
     if (MG_USE_THREADS((size_t)N * V * 16, N / 16)) {
         const int chunks = (N + 15) / 16;
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int c = 0; c < chunks; c++)
             FN(crossentropy_rows)(losses, probs, logits, targets, 16 * c,
                                   16 * c + 16 < N ? 16 * c + 16 : N, V);
@@ -978,10 +1017,16 @@ MG_HOT static void FN(crossentropy_rows)(REAL *losses, REAL *probs, const REAL *
 #endif
         const REAL inv = RECIP(total);
         for (int i = 0; i < V; i++) p[i] = p[i] * inv;
+#ifdef MG_FAST_RECIP
+        /* float32: the log-sum-exp form, exact for any logit gap (the fast exp
+         * clamps its argument, so -log p would saturate near 87) */
+        losses[n] = LOG(total) + (maxv - z[targets[n]]);
+#else
         /* -log p as the SPEC computes it; if p underflowed to 0 (a logit gap
-         * beyond ~88 in float32), the equal log-sum-exp form stays finite */
+         * beyond ~745), the equal log-sum-exp form stays finite */
         const REAL pt = p[targets[n]];
         losses[n] = pt > 0 ? -LOG(pt) : LOG(total) + (maxv - z[targets[n]]);
+#endif
     }
 }
 
@@ -1038,7 +1083,7 @@ static void FN(adam_run)(REAL *params, REAL *m, REAL *v, const REAL *grads, REAL
     enum { CHUNK = 4096 };
     const size_t chunks = (n + CHUNK - 1) / CHUNK;
     if (MG_USE_THREADS(n * 16, chunks)) {
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (size_t c = 0; c < chunks; c++) {
             const size_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
             FN(adam_impl)(params + i0, m + i0, v + i0, grads + i0, clear ? clear + i0 : NULL,

@@ -146,8 +146,22 @@ static int act_layout(const mg_config *cfg, size_t N, mg_act_layout *A) {
 
 /* All the sizes of a model, in elements and bytes. */
 typedef struct {
-    size_t num_params, acts, cache, tokens_bytes, bytes;
+    size_t num_params, acts, cache, wT, wT_layer, tokens_bytes, bytes;
 } sizes_t;
+
+/* Transposed weights (mg_model.wT), rows padded to a multiple of 16:
+ * lm_head (C, V'), then per layer wq, wk, wv, wo (C, C'), fc1 (C, 4C'),
+ * fc2 (4C, C'); the layout model_impl.h indexes. */
+static int wT_sizes(const mg_config *cfg, size_t *layer, size_t *total) {
+    const size_t C = (size_t)cfg->n_embd, V = (size_t)cfg->vocab_size;
+    const size_t Cp = (C + 15) / 16 * 16, C4p = (4 * C + 15) / 16 * 16, Vp = (V + 15) / 16 * 16;
+    *layer = 0;
+    *total = 0;
+    if (!mac_ok(layer, 8 * C, Cp) || !mac_ok(layer, C, C4p) || !mac_ok(total, C, Vp) ||
+        !mac_ok(total, (size_t)cfg->n_layer, *layer))
+        return MG_ERR_OVERFLOW;
+    return MG_OK;
+}
 
 static int model_sizes(const mg_config *cfg, int dtype, size_t max_tokens, sizes_t *s,
                        mg_act_layout *A) {
@@ -163,10 +177,12 @@ static int model_sizes(const mg_config *cfg, int dtype, size_t max_tokens, sizes
     if (!mul_ok((size_t)cfg->n_layer, (size_t)cfg->block_size, &s->cache) ||
         !mul_ok(s->cache, (size_t)cfg->n_embd, &s->cache))
         return MG_ERR_OVERFLOW;
-    /* elements: 4 parameter-sized buffers, 2 activation buffers, 2 caches */
+    if ((rc = wT_sizes(cfg, &s->wT_layer, &s->wT)) != MG_OK) return rc;
+    /* elements: 4 parameter-sized buffers, 2 activation buffers, 2 caches,
+     * the transposed weights */
     size_t elems = 0;
     if (!mac_ok(&elems, 4, s->num_params) || !mac_ok(&elems, 2, s->acts) ||
-        !mac_ok(&elems, 2, s->cache))
+        !mac_ok(&elems, 2, s->cache) || !add_ok(elems, s->wT, &elems))
         return MG_ERR_OVERFLOW;
     if (!mul_ok(elems, es, &s->bytes)) return MG_ERR_OVERFLOW;
     if (!mul_ok(max_tokens, 4 * sizeof(int32_t), &s->tokens_bytes)) return MG_ERR_OVERFLOW;
@@ -234,24 +250,11 @@ int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_
     M->grads = calloc(M->num_params, M->elem_size);
     M->m_adam = calloc(M->num_params, M->elem_size);
     M->v_adam = calloc(M->num_params, M->elem_size);
-    /* transposed weights, rows padded to a multiple of 16: lm_head (C, V'),
-     * then per layer wq, wk, wv, wo (C, C'), fc1 (C, 4C'), fc2 (4C, C') */
-    {
-        const size_t C = (size_t)cfg->n_embd, V = (size_t)cfg->vocab_size;
-        const size_t Cp = (C + 15) / 16 * 16, C4p = (4 * C + 15) / 16 * 16, Vp = (V + 15) / 16 * 16;
-        size_t layer = 0, total = 0;
-        if (!mac_ok(&layer, 8 * C, Cp) || !mac_ok(&layer, C, C4p) || !mac_ok(&total, C, Vp) ||
-            !mac_ok(&total, (size_t)cfg->n_layer, layer)) {
-            mg_model_free(M);
-            return MG_ERR_OVERFLOW;
-        }
-        M->wT_layer = layer;
-        M->wT = calloc(total ? total : 1, M->elem_size);
-        if (M->wT == NULL) { mg_model_free(M); return MG_ERR_NOMEM; }
-    }
+    M->wT_layer = s.wT_layer;  /* transposed weights (see wT_sizes) */
+    M->wT = calloc(s.wT ? s.wT : 1, M->elem_size);
     M->kcache = calloc(s.cache ? s.cache : 1, M->elem_size);
     M->vcache = calloc(s.cache ? s.cache : 1, M->elem_size);
-    if (!M->params || !M->grads || !M->m_adam || !M->v_adam || !M->kcache || !M->vcache ||
+    if (!M->params || !M->grads || !M->m_adam || !M->v_adam || !M->kcache || !M->vcache || !M->wT ||
         (rc = alloc_activations(M, max_tokens)) != MG_OK) {
         mg_model_free(M);
         return rc != MG_OK ? rc : MG_ERR_NOMEM;
@@ -407,6 +410,8 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
             /* the previous step left every gradient zero: backward and Adam fused */
             rc = M->dtype == MG_FLOAT64 ? mg_backward_adam_f64(M, lr_t, beta1, beta2, eps, s + 1)
                                         : mg_backward_adam_f32(M, lr_t, beta1, beta2, eps, s + 1);
+            /* -1: gradients not certainly finite, stored instead: the checked step */
+            if (rc == -1) rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
         }
         if (rc != MG_OK) return rc;
         *steps_done = i + 1;
@@ -449,18 +454,21 @@ int mg_openmp_enabled(void) {
 #endif
 }
 
-int mg_get_max_threads(void) {
+static int g_num_threads = 0;  /* 0: OpenMP's default */
+
+int mg_team_size(void) {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    const int n = g_num_threads;
+    return n > 0 ? n : omp_get_max_threads();
 #else
     return 1;
 #endif
 }
 
+int mg_get_max_threads(void) {
+    return mg_team_size();
+}
+
 void mg_set_num_threads(int n) {
-#ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
+    if (n > 0) g_num_threads = n;
 }

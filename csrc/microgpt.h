@@ -167,7 +167,11 @@ int mg_softmax_temperature(double *probs, const double *logits, int V, double te
 /* ---- threads ------------------------------------------------------------- */
 int mg_openmp_enabled(void);
 int mg_get_max_threads(void);
+/* Process-wide: applies to calls from every thread (not only the caller). */
 void mg_set_num_threads(int n);
+/* Threads a parallel region uses: the mg_set_num_threads value, else
+ * OpenMP's default (OMP_NUM_THREADS or all cores). */
+int mg_team_size(void);
 
 /* ---- kernels, exposed for testing: see kernels_impl.h --------------------- */
 #define MG_DECLARE_KERNELS(REAL, SUF)                                                   \
@@ -211,7 +215,9 @@ int mg_forward_f32(mg_model *model, double *loss);
 int mg_backward_f64(mg_model *model);
 int mg_backward_f32(mg_model *model);
 /* Backward fused with mg_adam_step (gradients must be zero on entry; they are
- * zero again on return): the same result as mg_backward + mg_adam_step. */
+ * zero again on return): the same result as mg_backward + mg_adam_step.
+ * Returns -1 (no update applied, the gradients left in grads) when the
+ * gradients cannot be guaranteed finite: then call mg_adam_step. */
 int mg_backward_adam_f64(mg_model *model, double lr_t, double beta1, double beta2,
                          double eps, long t);
 int mg_backward_adam_f32(mg_model *model, double lr_t, double beta1, double beta2,

@@ -85,7 +85,7 @@ static void FN(build_wT_one)(mg_model *M, int job) {
 static void FN(build_wT)(mg_model *M) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
     if (MG_USE_THREADS(M->num_params * 4, jobs)) {
-        MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
         for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
         return;
     }
@@ -123,7 +123,7 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, 
              * batch is large (each writes only its own rows) */
             const int nd = M->n_docs;
             if (MG_USE_THREADS((size_t)N * T * C, nd)) {
-                MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+                MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
                 for (int d = 0; d < nd; d++) {
                     size_t off = 0;
                     for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
@@ -206,19 +206,48 @@ int FN(mg_forward)(mg_model *M, double *loss) {
 }
 
 /* matmul_backward of a weight tensor of the model: into the gradients, or
- * (adam != NULL) applied at once as Adam updates of the weight. */
+ * (adam != NULL) only dinp now; the weight's update is applied after the
+ * whole backward (see weight_job). */
 static void FN(model_matmul_backward)(mg_model *M, REAL *dinp, REAL *dweight, const REAL *dout,
                                       const REAL *inp, REAL *weight, int N, int C, int OC,
                                       const FN(adam_ctx_t) *adam) {
-    if (adam == NULL) {
-        FN(matmul_backward_impl)(dinp, dweight, dout, inp, weight, N, C, OC, NULL);
-        return;
+    (void)M;
+    FN(matmul_backward_dinp_all)(dinp, dout, weight, N, C, OC);
+    if (adam == NULL) FN(matmul_backward_dweight_all)(dweight, dout, inp, weight, N, C, OC, NULL);
+}
+
+/* Weight-gradient job j of the saved backward (j = 0: lm_head; 1 + 6l + k:
+ * layer l's k-th tensor): dweight (OC, C) = dout (N, OC)^T @ inp (N, C). */
+typedef struct { const REAL *dout, *inp; REAL *weight, *dweight; int C, OC; } FN(wjob_t);
+
+static FN(wjob_t) FN(weight_job)(mg_model *M, int j) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
+    const mg_act_layout *A = &M->acts_layout;
+    REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
+    FN(wjob_t) J;
+    if (j == 0) {
+        FN(globals_t) g = FN(globals)(M, (REAL *)M->params), dg = FN(globals)(M, (REAL *)M->grads);
+        J.dout = dacts + A->logits;
+        J.inp = L > 0 ? FN(layer_acts)(M, acts, L - 1).res3 : acts + A->x0;
+        J.weight = g.lm_head; J.dweight = dg.lm_head; J.C = C; J.OC = V;
+        return J;
     }
-    const size_t off = (size_t)(weight - (REAL *)M->params);
-    FN(adam_ctx_t) A = *adam;
-    A.m = (REAL *)M->m_adam + off;
-    A.v = (REAL *)M->v_adam + off;
-    FN(matmul_backward_impl)(dinp, NULL, dout, inp, weight, N, C, OC, &A);
+    const int l = (j - 1) / MG_NUM_PER_LAYER, k = (j - 1) % MG_NUM_PER_LAYER;
+    FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+    FN(layer_params_t) dw = FN(layer_params)(M, (REAL *)M->grads, l);
+    FN(layer_acts_t) a = FN(layer_acts)(M, acts, l), da = FN(layer_acts)(M, dacts, l);
+    J.C = C; J.OC = C;
+    switch (k) {
+    case MG_WQ: J.dout = da.q; J.inp = a.ln1; J.weight = w.wq; J.dweight = dw.wq; break;
+    case MG_WK: J.dout = da.k; J.inp = a.ln1; J.weight = w.wk; J.dweight = dw.wk; break;
+    case MG_WV: J.dout = da.v; J.inp = a.ln1; J.weight = w.wv; J.dweight = dw.wv; break;
+    case MG_WO: J.dout = da.attproj; J.inp = a.atty; J.weight = w.wo; J.dweight = dw.wo; break;
+    case MG_FC1: J.dout = da.fch; J.inp = a.ln2; J.weight = w.fc1; J.dweight = dw.fc1;
+                 J.OC = 4 * C; break;
+    default: J.dout = da.fcproj; J.inp = a.fchr; J.weight = w.fc2; J.dweight = dw.fc2;
+             J.C = 4 * C; break;
+    }
+    return J;
 }
 
 static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam);
@@ -226,13 +255,48 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam);
 int FN(mg_backward)(mg_model *M) { return FN(backward_impl)(M, NULL); }
 
 /* Backward fused with the Adam step (the training loop, with all gradients
- * zero on entry): every weight matrix is updated as soon as its gradient is
- * complete, without storing it; wte and wpe go through the gradient buffer
- * (then zeroed again).  The same values as mg_backward + mg_adam_step. */
+ * zero on entry).  The activation gradients first; then, if every weight
+ * gradient is certainly finite (finite inputs with N max|dout| max|inp| far
+ * below the overflow threshold), each weight matrix's gradient goes straight
+ * into its Adam update without being stored (wte and wpe go through the
+ * gradient buffer, zeroed again): the same values as mg_backward +
+ * mg_adam_step.  Otherwise the gradients are accumulated into grads, nothing
+ * is updated, and -1 is returned: the caller runs mg_adam_step, which
+ * decides (and refuses a non-finite gradient). */
 int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
                          long t) {
     const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
-    return FN(backward_impl)(M, &A);
+    int rc = FN(backward_impl)(M, &A);
+    if (rc != MG_OK) return rc;
+    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308;
+    const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
+    double unused;
+    int safe = FN(finite_maxabs)((REAL *)M->grads + e0, e1 - e0, &unused);
+    for (int j = 0; j < jobs && safe; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        double md, mx;
+        safe = FN(finite_maxabs)(J.dout, (size_t)N * J.OC, &md) &&
+               FN(finite_maxabs)(J.inp, (size_t)N * J.C, &mx) &&
+               (double)N * md * mx * 4 <= big;
+    }
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        if (!safe) {
+            FN(matmul_backward_dweight_all)(J.dweight, J.dout, J.inp, J.weight, N, J.C, J.OC, NULL);
+            continue;
+        }
+        const size_t off = (size_t)(J.weight - (REAL *)M->params);
+        FN(adam_ctx_t) Aw = A;
+        Aw.m = (REAL *)M->m_adam + off;
+        Aw.v = (REAL *)M->v_adam + off;
+        FN(matmul_backward_dweight_all)(NULL, J.dout, J.inp, J.weight, N, J.C, J.OC, &Aw);
+    }
+    if (!safe) return -1;
+    FN(adam_run)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
+                 (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, &A);
+    return MG_OK;
 }
 
 static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
@@ -251,7 +315,7 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
      * (across threads when large: plain stores, no order question) */
     const int pieces = 18 * L;
     if (MG_USE_THREADS(NC * (size_t)pieces, pieces)) {
-        MG_PRAGMA(omp parallel for schedule(static))
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
         for (int j = 0; j < pieces; j++) {
             FN(layer_acts_t) da = FN(layer_acts)(M, dacts, j / 18);
             REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
@@ -296,7 +360,7 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
         FN(model_matmul_backward)(M, da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C, adam);
         const int nd = M->n_docs;
         if (MG_USE_THREADS((size_t)N * T * C, nd)) {
-            MG_PRAGMA(omp parallel for schedule(dynamic, 1))
+            MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
             for (int d = 0; d < nd; d++) {
                 size_t off = 0;
                 for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
@@ -323,12 +387,6 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
     }
     FN(rmsnorm_backward)(dacts + A->emb, dacts + A->x0, acts + A->emb, acts + A->x0s, N, C);
     FN(encoder_backward)(dg.wte, dg.wpe, dacts + A->emb, M->inputs, M->positions, N, C);
-    if (adam != NULL) {  /* wte and wpe (adjacent): Adam from the gradients, which are zeroed */
-        const size_t e0 = M->param_offset[MG_WTE];
-        const size_t e1 = M->param_offset[MG_WPE] + (size_t)T * C;
-        FN(adam_run)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
-                     (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, adam);
-    }
     return MG_OK;
 }
 

@@ -187,7 +187,7 @@ def test_ctrl_c_in_process(tmp_path):
 
 def test_nonfinite_loss(tmp_path):
     with pytest.raises(microgpt_c.NonFiniteLossError) as info:
-        microgpt_c.train(small_cfg(steps=100, lr=1e10, dtype="float32"), synthetic_docs(),
+        microgpt_c.train(small_cfg(steps=100, lr=1e7, dtype="float32"), synthetic_docs(),
                          out=tmp_path, save_every=2)
     err = info.value
     assert err.step >= 3 and err.checkpoint == tmp_path / ck.CHECKPOINT_NAME

@@ -128,6 +128,16 @@ def data_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """In-process tests of tiny models: one OpenMP thread (fast on a busy machine)."""
+    from microgpt_c import _core
+    before = _core.get_num_threads()
+    _core.set_num_threads(1)
+    yield
+    _core.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def corpus():
     docs, _ = data_mod.builtin_names(fetch=False)
@@ -185,7 +195,7 @@ def test_batch_size_must_divide():
         distributed.check_batch_size(3, 4)
 
 
-def test_one_shard_is_the_c_loop_bit_for_bit(corpus):
+def test_one_shard_is_the_c_loop_bit_for_bit(corpus, one_thread):
     tok, c, s = corpus
     a, b = make_model(tok), make_model(tok)
     la, ra = a.train_steps(c, s, 0, 60, 60, 8)
@@ -199,7 +209,7 @@ def test_one_shard_is_the_c_loop_bit_for_bit(corpus):
 
 
 @pytest.mark.parametrize("shards", [2, 3, 4, 8])
-def test_shards_agree_with_one_process(corpus, shards):
+def test_shards_agree_with_one_process(corpus, shards, one_thread):
     tok, c, s = corpus
     a, b = make_model(tok, n_layer=2), make_model(tok, n_layer=2)
     steps, batch = 120, 24
@@ -388,7 +398,7 @@ def test_crash_outside_the_steps_aborts_the_job(data_file, tmp_path, guard):
 @needs_mpi
 def test_rank_dying_before_mpi_starts_ends_the_job(data_file, tmp_path):
     p, results = worker(2, data_file, tmp_path, "x", "--steps", 10, "--fault",
-                        "exit-before-init:1:0", MICROGPT_C_MPI_INIT_TIMEOUT="4")
+                        "exit-before-init:1:0", MICROGPT_C_MPI_INIT_TIMEOUT="3")
     assert p.returncode != 0 and results == []
     assert "_waiting_in_MPI_Init_for_every_rank_to_start" in p.err
 

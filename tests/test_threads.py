@@ -424,7 +424,7 @@ def test_same_results_with_1_and_2_threads(dtype, restore_threads):
             assert np.array_equal(a, b)
 
 
-def test_bug_set_num_threads_is_per_thread(restore_threads):
+def test_set_num_threads_is_process_wide(restore_threads):
     """BUG: microgpt_c.set_num_threads(n) calls omp_set_num_threads, which
     sets OpenMP's nthreads ICV of the *calling* thread only: a model trained
     in another Python thread (e.g. a worker/server thread, or a

@@ -121,9 +121,16 @@ cdef object make_view(object owner, void *base, size_t offset, size_t itemsize,
     return np.asarray(v)
 
 
-cdef int check_adam_settings(double lr, double beta1, double beta2, double eps) except -1:
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+cdef int check_adam_settings(double lr, double beta1, double beta2, double eps,
+                             str dtype) except -1:
     if not (lr > 0 and lr < float("inf")):
         raise ConfigError(f"lr (the learning rate) must be a positive finite number, got {lr}")
+    if dtype == "float32" and lr >= FLOAT32_MAX:
+        raise ConfigError(f"lr (the learning rate) {lr} does not fit in float32 "
+                          f"(at most {FLOAT32_MAX:.3g})")
     if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
         raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}")
     if not (eps > 0 and eps < float("inf")):
@@ -347,6 +354,8 @@ cdef class GPT:
         cdef int rc
         if t < 1:
             raise ValueError(f"t is the 1-based step number, got {t}")
+        if self.dtype == "float32" and abs(lr_t) >= FLOAT32_MAX:
+            raise ConfigError(f"lr_t {lr_t} does not fit in float32")
         for name, val in (("lr_t", lr_t), ("beta1", beta1), ("beta2", beta2), ("eps", eps)):
             if not np.isfinite(val):
                 raise ValueError(f"{name} must be finite, got {val}")
@@ -378,7 +387,7 @@ cdef class GPT:
         cdef int rc
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
             raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
-        check_adam_settings(lr, beta1, beta2, eps)
+        check_adam_settings(lr, beta1, beta2, eps, self.dtype)
         cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus")
         starts = np.asarray(doc_starts)
         if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
@@ -404,9 +413,9 @@ cdef class GPT:
         if rc == MG_ERR_NONFINITE:
             what = (f"the loss became {losses[done]}" if not np.isfinite(losses[done])
                     else "the gradient became NaN or infinite")
+            hint = "lower the learning rate" + (" or use float64" if self.dtype == "float32" else "")
             err = NonFiniteLossError(
-                f"{what} at step {step0 + done + 1}; lower the learning rate or use "
-                "float64 (that step's update was not applied)")
+                f"{what} at step {step0 + done + 1}; {hint} (that step's update was not applied)")
             err.step = step0 + done + 1
             err.losses = losses[:done].copy()
             raise err
