@@ -34,7 +34,7 @@ from microgpt_c import api, distributed
 from microgpt_c import data as data_mod
 from microgpt_c.checkpoint import load_checkpoint
 from microgpt_c.distributed import DataParallelModel
-from microgpt_c.errors import ConfigError, NonFiniteLossError
+from microgpt_c.errors import ConfigError, NonFiniteLossError, SequenceLengthError
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "mpi_worker.py"
@@ -235,6 +235,8 @@ def test_wrapper_is_the_model_otherwise(corpus):
         DataParallelModel(m, reduction="tree")
     with pytest.raises(ValueError):
         w.train_steps(c, s, -1, 1, 10, 8)
+    with pytest.raises(SequenceLengthError):
+        w.train_steps(c, s[:-1], 0, 1, 10, 8)
     assert w.check_consistent() == distributed.params_digest(m)
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from . import _core
 from . import data as data_mod
+from . import distributed
 from ._version import __version__
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError,
                          CheckpointMismatchError, TrainState, atomic_write_bytes,
@@ -434,7 +435,8 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
           save_every: Optional[int] = None,
           stop_after: Optional[int] = None,
           info: Optional[Callable[[str], None]] = None,
-          sample: bool = True) -> TrainResult:
+          sample: bool = True,
+          comm: Any = None) -> TrainResult:
     """Train a GPT as the SPEC does, then sample from it.
 
     * ``config``: a :class:`TrainConfig` (default: the SPEC's settings, or with
@@ -473,6 +475,15 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
         if ckpt.adam_m is None or ckpt.train is None:
             raise CheckpointError(f"{ckpt.path} has no optimizer state: it cannot be resumed")
     cfg = (config if config is not None else TrainConfig()).validate()
+    # data-parallel over MPI ranks: None (nothing changes) unless launched by
+    # mpiexec with more than one process, or given a communicator of size > 1
+    dp = distributed.session(comm)
+    if dp is not None:
+        if cfg.backend != "c":
+            raise ConfigError("data-parallel (MPI) training needs the C backend")
+        distributed.check_batch_size(cfg.batch_size, dp.size)
+        if dp.rank != 0:  # only rank 0 reports progress and writes checkpoints
+            on_steps, log, info = None, (lambda s: None), (lambda s: None)
     if cfg.backend == "reference" and (out is not None or ckpt is not None):
         raise ConfigError("checkpoints (out/resume) need the C backend, not the reference one")
     if save_every is not None:
@@ -485,7 +496,8 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
         if isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1:
             raise ConfigError(f"stop-after must be a positive integer, got {stop_after!r}")
         stop = min(stop_after, cfg.steps)
-    out_file = prepare_out_dir(out) / CHECKPOINT_NAME if out is not None else None
+    out_file = (prepare_out_dir(out) / CHECKPOINT_NAME
+                if out is not None and (dp is None or dp.rank == 0) else None)
 
     documents = _documents(data, cfg, info)
     data_sha = data_mod.sha256_of_documents(documents)
@@ -541,6 +553,7 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
         saved = save_checkpoint(out_file, model, uchars="".join(tokenizer.uchars), train=state)
         saved_step = state.step
 
+    trainer = distributed.DataParallelModel(model, dp) if dp is not None else model
     start_step = step
     t0 = time.perf_counter()
     chunk = 1
@@ -552,7 +565,7 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
             n = min(chunk, target - state.step)
             tc = time.perf_counter()
             try:
-                losses, lrs = model.train_steps(corpus, starts, state.step, n, cfg.steps,
+                losses, lrs = trainer.train_steps(corpus, starts, state.step, n, cfg.steps,
                                                 cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                                 cfg.eps)
             except NonFiniteLossError as err:
@@ -571,13 +584,18 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
                 on_steps(state.step - n + 1, chunk_losses, lrs.tolist())
             if save_every is not None and state.step % save_every == 0:
                 save()
+            fast = time.perf_counter() - tc < 0.05
+            if dp is not None:  # every rank stops at the same step, chunks alike
+                interrupt.requested, fast = trainer.agree(interrupt.requested, fast)
             if interrupt.requested:
                 save()
                 raise TrainingInterrupted(state.step, saved, history)
             # grow the chunk while it takes under 50 ms, so progress stays live
-            if time.perf_counter() - tc < 0.05:
+            if fast:
                 chunk = min(chunk * 2, 1 << 14)
         seconds = time.perf_counter() - t0
+        if dp is not None:
+            trainer.check_consistent()  # every rank holds the same parameters
         save()
         if interrupt.requested:
             raise TrainingInterrupted(state.step, saved, history)

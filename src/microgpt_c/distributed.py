@@ -67,7 +67,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, MicrogptError, NonFiniteLossError
+from .errors import ConfigError, MicrogptError, NonFiniteLossError, SequenceLengthError
 
 __all__ = ["DataParallelModel", "DistributedError", "Session", "check_batch_size",
            "launched_size", "launched_rank", "mpi_requested", "params_digest", "rank",
@@ -634,6 +634,10 @@ class DataParallelModel:
         starts = np.asarray(doc_starts)
         if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
             raise ValueError("doc_starts must be a 1-D integer array of n_docs + 1 offsets")
+        if (corpus.ndim != 1 or starts[0] != 0 or starts[-1] != corpus.shape[0]
+                or np.any(np.diff(starts) < 2)):
+            raise SequenceLengthError("doc_starts must start at 0, end at len(corpus) and give "
+                                      "every document at least 2 tokens ([BOS] + ids + [BOS])")
         n_docs = starts.shape[0] - 1
         sess = self.session
         if sess is not None:

@@ -247,6 +247,15 @@ def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import distributed  # imports mpi4py only under mpiexec with > 1 ranks
+    if distributed.mpi_requested():
+        return distributed.run_main(_main, argv)
+    return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
+    from .distributed import rank
+    root = rank() == 0  # under MPI, only rank 0 writes metrics and plots
     args = vars(build_parser().parse_args(argv))
     opts = {k: args.pop(k) for k in RUN_OPTIONS if k in args}
     given = args  # TrainConfig fields given on the command line
@@ -291,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _error("--save-every needs --out DIR")
         stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
         mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
-        if cfg.metrics_out:
+        if cfg.metrics_out and root:
             metrics = open(cfg.metrics_out, "w", encoding="utf-8")
         progress = Progress(mode, cfg.steps, stop, out, err, opts.get("log_every"), metrics)
         result = train(cfg, None, on_steps=progress, log=log, resume=ckpt,
@@ -300,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         progress.close(newline=False)  # the header below starts with one, as the original's
         if result.checkpoint is not None:
             info(f"checkpoint: {result.checkpoint} (step {len(result.losses)} / {cfg.steps})")
-        if "plot" in opts:
+        if "plot" in opts and root:
             info(f"loss plot: {save_loss_plot(result.losses, opts['plot'])}")
         if not quiet:
             out.write(f"\n{HEADER}\n")
