@@ -7,11 +7,11 @@ Slow (it compiles the package): marked ``slow``; run it with
 be installed or the package index is unreachable."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import shutil
 import subprocess
+import tempfile
 import sys
 import tarfile
 import zipfile
@@ -32,6 +32,9 @@ IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycach
 
 
 def _run(cmd, **kw):
+    # outside the checkout: its build/ directory (left by `pip install .`) would
+    # otherwise shadow the `build` package as a namespace package
+    kw.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
 
 
@@ -50,7 +53,7 @@ def _venv(path: Path) -> Path:
 
 def _build_frontend(tmp: Path) -> Path:
     """A Python with the ``build`` package: this one, or a fresh venv with it."""
-    if importlib.util.find_spec("build") is not None:
+    if _run([sys.executable, "-c", "import build.__main__"]).returncode == 0:
         return Path(sys.executable)
     py = _venv(tmp / "tools")
     proc = _run([py, "-m", "pip", "install", "-q", "build"])

@@ -235,20 +235,10 @@ def _one_line(exc: BaseException) -> str:
 
 def _write_atomically(path: Path, raw: bytes) -> None:
     """Write ``raw`` to ``path`` via a synced temporary file in the same directory."""
+    from .checkpoint import atomic_write_bytes  # the one implementation (imports NumPy)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(raw)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, raw)
 
 
 def _cached_names(path: Path) -> list[str] | None:
