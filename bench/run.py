@@ -314,6 +314,9 @@ def write_report(results, path: Path, png: Path, elapsed: float, mode: str):
         f"![µs per step and per name, log scale]({png.name})", "",
     ]
     lines += details(results)
+    mpi = B.BENCH_DIR / "MPI.md"  # measured by tests/mpi_bench.py (needs mpiexec), kept as is
+    if mpi.exists():
+        lines += ["", mpi.read_text(encoding="utf-8").strip()]
     lines += ["", "## Reproduce", "", "```",
               "python bench/run.py            # full run, this report (a few minutes)",
               "python bench/run.py --quick    # < 2 min, prints the table",
