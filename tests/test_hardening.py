@@ -11,9 +11,8 @@ Every case here is one row of the README's table of bad inputs:
 * a NaN/inf loss stops training with NonFiniteLossError naming the step, with
   the completed steps' losses and parameters intact.
 
-Tests named ``test_bug_*`` document open bugs: they fail until the bug is
-fixed (see the docstring of each for the suggested fix).  Tests whose
-docstring says "regression" cover bugs these tests found that are fixed.
+Docstrings saying "BUG" or "regression" describe bugs these tests found;
+all of them are fixed and the tests guard against their return.
 """
 from __future__ import annotations
 

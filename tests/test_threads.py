@@ -11,8 +11,8 @@
 * Results do not depend on the number of OpenMP threads
   (set_num_threads(1) vs 2) at a size where the kernels go parallel.
 
-Tests named ``test_bug_*`` document open bugs and fail until they are fixed;
-docstrings saying "regression" cover bugs found here that are fixed.
+Docstrings saying "BUG" or "regression" describe bugs found here; all are
+fixed and the tests guard against their return.
 """
 from __future__ import annotations
 
