@@ -1,0 +1,39 @@
+/* C-only benchmark of the training loop (mg_train_steps) on the names data,
+ * no Python: bench/c/build.sh, then OMP_NUM_THREADS=1 bench/c/cbench 16 16 1 0 1 5000
+ * (n_embd block layers dtype batch steps [names.txt]). */
+#include "microgpt.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    if (argc < 7) {
+        fprintf(stderr, "usage: %s C T L dtype(0=f64,1=f32) B steps [names.txt]\n", argv[0]);
+        return 2;
+    }
+    if (atol(argv[6]) < 100) { fprintf(stderr, "steps must be >= 100\n"); return 2; }
+    int C = atoi(argv[1]), T = atoi(argv[2]), L = atoi(argv[3]), dt = atoi(argv[4]), B = atoi(argv[5]); long steps = atol(argv[6]);
+    /* corpus from names.txt */
+    FILE *f = fopen(argc > 7 ? argv[7] : "../shared/data/names.txt", "r");
+    if (f == NULL) { perror("names.txt"); return 2; } char line[256];
+    int32_t *corpus = malloc(400000 * 4); int64_t *starts = malloc(40000 * 8); int64_t nd = 0, n = 0;
+    while (fgets(line, sizeof line, f)) { size_t len = strcspn(line, "\r\n"); if (!len) continue; starts[nd++] = n; corpus[n++] = 26; for (size_t i = 0; i < len; i++) corpus[n++] = line[i] - 'a'; corpus[n++] = 26; }
+    starts[nd] = n;
+    mg_config cfg = {27, T, L, C, 4}; mg_model *M; int rc = mg_model_create(&M, &cfg, dt, (size_t)T * B);
+    if (rc) { printf("create %d\n", rc); return 1; }
+    size_t np = M->num_params; srand(1);
+    for (size_t i = 0; i < np; i++) { double r = ((double)rand() / RAND_MAX - 0.5) * 0.16; if (dt == 0) ((double*)M->params)[i] = r; else ((float*)M->params)[i] = (float)r; }
+    double *losses = malloc(steps * 8); long done;
+    struct timespec a, b, wa, wb; double bestw = 1e30;
+    mg_train_steps(M, corpus, starts, nd, 0, 100, steps, B, 0.01, 0.85, 0.99, 1e-8, losses, NULL, &done);
+    double best = 1e30;
+    for (int r = 0; r < 5; r++) {
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a); clock_gettime(CLOCK_MONOTONIC, &wa);
+        rc = mg_train_steps(M, corpus, starts, nd, 0, steps, steps, B, 0.01, 0.85, 0.99, 1e-8, losses, NULL, &done);
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b); clock_gettime(CLOCK_MONOTONIC, &wb);
+        double us = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / steps; if (us < best) best = us; double uw = ((wb.tv_sec - wa.tv_sec) * 1e9 + (wb.tv_nsec - wa.tv_nsec)) / 1e3 / steps; if (uw < bestw) bestw = uw;
+    }
+    unsigned long long hsh = 1469598103934665603ULL; const unsigned char *pp = M->params; for (size_t i = 0; i < np * M->elem_size; i++) { hsh ^= pp[i]; hsh *= 1099511628211ULL; }
+    printf("wall %.2f us/step | ", bestw); printf("C=%d T=%d L=%d %s B=%d: %.2f us/step  %.2f us/name  loss %.17g rc=%d hash %016llx\n", C, T, L, dt ? "f32" : "f64", B, best, best / B, losses[steps - 1], rc, hsh);
+    mg_model_free(M); return 0;
+}
