@@ -193,9 +193,9 @@ def test_cli_bad_input(case, cli_results):
     else:
         assert_cli_error(res, words)
     if case in CLI_FAST_CASES:
-        # the size check happens before any allocation (the process start
-        # and imports take well under a second; the limit allows for load)
-        assert res.seconds < 20, res
+        # the size check happens before any model is built (no timing here:
+        # speed is for the benchmarks; the subprocess timeout catches a hang)
+        assert "num params" not in res.stdout, res
 
 
 def test_cli_nan_loss_message_names_the_step(cli_results):
@@ -463,16 +463,13 @@ def _rss():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_too_large_is_refused_before_allocating(kwargs, dtype):
     rss0 = _rss()
-    t0 = time.perf_counter()
     with pytest.raises(ModelTooLargeError) as info:
         GPT(dtype=dtype, **kwargs)
-    seconds = time.perf_counter() - t0
     msg = str(info.value)
     assert "GiB" in msg or "overflow" in msg, msg
     assert "reduce" in msg or "at most" in msg, f"no hint how to fix it: {msg}"
     assert isinstance(info.value, MemoryError)
-    assert seconds < 1.0, f"took {seconds:.2f} s: it must refuse before allocating"
-    assert _rss() - rss0 < 64 * 2**20
+    assert _rss() - rss0 < 64 * 2**20, "it must refuse before allocating"
 
 
 def test_too_large_message_says_how_much_is_needed():

@@ -86,7 +86,6 @@ def clean_env(**extra):
 
 def run(cmd, timeout=TIMEOUT, **env):
     """Run a job in its own session; on timeout kill the whole group and fail."""
-    t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(**env), start_new_session=True, cwd=str(HERE))
     try:
@@ -96,7 +95,6 @@ def run(cmd, timeout=TIMEOUT, **env):
         out, err = proc.communicate()
         pytest.fail(f"hung: {' '.join(map(str, cmd))} did not end within {timeout} s\n"
                     f"stdout:\n{out}\nstderr:\n{err}")
-    proc.elapsed = time.monotonic() - t0
     proc.out, proc.err = out, err
     return proc
 
@@ -378,7 +376,6 @@ def test_killed_rank_ends_the_job(data_file, tmp_path):
     p, results = worker(2, data_file, tmp_path, "k", "--steps", 100, "--batch-size", 8,
                         "--out", out, "--save-every", 10, "--fault", "kill:1:30")
     assert p.returncode != 0 and results == []
-    assert p.elapsed < TIMEOUT
     assert _checkpoint_step(out) == 20
 
 
