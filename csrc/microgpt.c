@@ -185,7 +185,9 @@ static int model_sizes(const mg_config *cfg, int dtype, size_t max_tokens, sizes
         !mac_ok(&elems, 2, s->cache) || !add_ok(elems, s->wT, &elems))
         return MG_ERR_OVERFLOW;
     if (!mul_ok(elems, es, &s->bytes)) return MG_ERR_OVERFLOW;
-    if (!mul_ok(max_tokens, 4 * sizeof(int32_t), &s->tokens_bytes)) return MG_ERR_OVERFLOW;
+    /* inputs, targets, positions, doc_lens (int32) and doc_offsets (size_t) */
+    if (!mul_ok(max_tokens + 1, 4 * sizeof(int32_t) + sizeof(size_t), &s->tokens_bytes))
+        return MG_ERR_OVERFLOW;
     if (!add_ok(s->bytes, s->tokens_bytes, &s->bytes)) return MG_ERR_OVERFLOW;
     return MG_OK;
 }
@@ -201,8 +203,10 @@ int mg_model_bytes(const mg_config *cfg, int dtype, size_t max_tokens, size_t *b
 static void free_activations(mg_model *M) {
     free(M->acts); free(M->dacts);
     free(M->inputs); free(M->targets); free(M->positions); free(M->doc_lens);
+    free(M->doc_offsets);
     M->acts = M->dacts = NULL;
     M->inputs = M->targets = M->positions = M->doc_lens = NULL;
+    M->doc_offsets = NULL;
 }
 
 void mg_model_free(mg_model *M) {
@@ -221,13 +225,15 @@ static int alloc_activations(mg_model *M, size_t max_tokens) {
     void *acts = calloc(A.total, M->elem_size), *dacts = calloc(A.total, M->elem_size);
     int32_t *in = calloc(max_tokens, sizeof(int32_t)), *tg = calloc(max_tokens, sizeof(int32_t));
     int32_t *ps = calloc(max_tokens, sizeof(int32_t)), *dl = calloc(max_tokens, sizeof(int32_t));
-    if (!acts || !dacts || !in || !tg || !ps || !dl) {
-        free(acts); free(dacts); free(in); free(tg); free(ps); free(dl);
+    size_t *doff = calloc(max_tokens + 1, sizeof(size_t));
+    if (!acts || !dacts || !in || !tg || !ps || !dl || !doff) {
+        free(acts); free(dacts); free(in); free(tg); free(ps); free(dl); free(doff);
         return MG_ERR_NOMEM;
     }
     free_activations(M);
     M->acts = acts; M->dacts = dacts;
     M->inputs = in; M->targets = tg; M->positions = ps; M->doc_lens = dl;
+    M->doc_offsets = doff;
     M->acts_layout = A;
     M->max_tokens = max_tokens;
     M->have_forward = 0;
@@ -270,6 +276,21 @@ int mg_model_reserve(mg_model *M, size_t max_tokens) {
 }
 
 /* ----------------------------------------------------------------- training */
+/* From M->doc_lens[0 .. n_docs): each document's first token, each token's
+ * position in its document, and the batch sizes. */
+static void set_batch_layout(mg_model *M, int n_docs, int total_docs) {
+    size_t off = 0;
+    for (int d = 0; d < n_docs; d++) {
+        M->doc_offsets[d] = off;
+        for (int t = 0; t < M->doc_lens[d]; t++) M->positions[off + (size_t)t] = t;
+        off += (size_t)M->doc_lens[d];
+    }
+    M->doc_offsets[n_docs] = off;
+    M->n_tokens = (int)off;
+    M->n_docs = n_docs;
+    M->total_docs = total_docs;
+}
+
 int mg_forward(mg_model *M, const int32_t *inputs, const int32_t *targets,
                const int32_t *doc_lens, int n_docs, double *loss) {
     return mg_forward_partial(M, inputs, targets, doc_lens, n_docs, n_docs, loss);
@@ -297,12 +318,7 @@ int mg_forward_partial(mg_model *M, const int32_t *inputs, const int32_t *target
     memcpy(M->inputs, inputs, N * sizeof(int32_t));
     memcpy(M->targets, targets, N * sizeof(int32_t));
     memcpy(M->doc_lens, doc_lens, (size_t)n_docs * sizeof(int32_t));
-    size_t off = 0;
-    for (int d = 0; d < n_docs; d++)
-        for (int t = 0; t < doc_lens[d]; t++) M->positions[off++] = t;
-    M->n_tokens = (int)N;
-    M->n_docs = n_docs;
-    M->total_docs = total_docs;
+    set_batch_layout(M, n_docs, total_docs);
     return M->dtype == MG_FLOAT64 ? mg_forward_f64(M, loss) : mg_forward_f32(M, loss);
 }
 
@@ -388,13 +404,10 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
             const int n = len - 1 < T ? (int)(len - 1) : T;
             memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
             memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
-            for (int t = 0; t < n; t++) M->positions[N + t] = t;
             M->doc_lens[b] = n;
             N += (size_t)n;
         }
-        M->n_tokens = (int)N;
-        M->n_docs = batch;
-        M->total_docs = batch;
+        set_batch_layout(M, batch, batch);
         double loss;
         rc = M->dtype == MG_FLOAT64 ? mg_forward_f64(M, &loss) : mg_forward_f32(M, &loss);
         losses[i] = loss;

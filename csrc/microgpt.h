@@ -97,6 +97,7 @@ typedef struct mg_model {
     int32_t *targets;        /* (max_tokens) */
     int32_t *positions;      /* (max_tokens) position of each token in its document */
     int32_t *doc_lens;       /* (max_tokens) */
+    size_t *doc_offsets;     /* (max_tokens + 1) first token of each document */
     int n_tokens, n_docs;
     int total_docs;          /* the loss is (sum of document losses) / total_docs */
     int have_forward;        /* a training forward is saved for backward */

@@ -92,6 +92,29 @@ static void FN(build_wT)(mg_model *M) {
     for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
 }
 
+/* Attention of documents d0 .. d1-1 of the batch, each over its own rows. */
+static void FN(attention_docs_forward)(const mg_model *M, const FN(layer_acts_t) *a,
+                                       int d0, int d1) {
+    const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
+    for (int d = d0; d < d1; d++) {
+        const size_t off = M->doc_offsets[d];
+        FN(attention_forward)(a->atty + off * C, a->att + off * NH * T, a->q + off * C,
+                              a->k + off * C, a->v + off * C, M->doc_lens[d], 0, C, NH, T);
+    }
+}
+
+static void FN(attention_docs_backward)(const mg_model *M, const FN(layer_acts_t) *da,
+                                        const FN(layer_acts_t) *a, int d0, int d1) {
+    const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
+    for (int d = d0; d < d1; d++) {
+        const size_t off = M->doc_offsets[d];
+        FN(attention_backward)(da->q + off * C, da->k + off * C, da->v + off * C,
+                               da->att + off * NH * T, da->atty + off * C, a->att + off * NH * T,
+                               a->q + off * C, a->k + off * C, a->v + off * C, M->doc_lens[d],
+                               C, NH, T);
+    }
+}
+
 /* The transformer blocks on N tokens whose layer input is `x` (N, C).
  * Training (kc == NULL): attention per document with p0 = 0.
  * Inference (kc != NULL, N == 1): k, v are appended to the cache at `pos`
@@ -124,20 +147,9 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, 
             const int nd = M->n_docs;
             if (MG_USE_THREADS((size_t)N * T * C, nd)) {
                 MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-                for (int d = 0; d < nd; d++) {
-                    size_t off = 0;
-                    for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
-                    FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
-                                          a.k + off * C, a.v + off * C, M->doc_lens[d], 0, C, NH, T);
-                }
+                for (int d = 0; d < nd; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
             } else {
-                size_t off = 0;
-                for (int d = 0; d < nd; d++) {
-                    const int n = M->doc_lens[d];
-                    FN(attention_forward)(a.atty + off * C, a.att + off * NH * T, a.q + off * C,
-                                          a.k + off * C, a.v + off * C, n, 0, C, NH, T);
-                    off += (size_t)n;
-                }
+                FN(attention_docs_forward)(M, &a, 0, nd);
             }
         }
         if (!use_T) FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
@@ -188,15 +200,14 @@ int FN(mg_forward)(mg_model *M, double *loss) {
     /* mean over each document's positions, then mean over the documents */
     const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
     REAL batch = 0;
-    size_t off = 0;
     for (int d = 0; d < M->n_docs; d++) {
         const int n = M->doc_lens[d];
+        const size_t off = M->doc_offsets[d];
         const REAL inv_n = (REAL)1 / (REAL)n;
         REAL s = 0;
         for (int t = 0; t < n; t++) s += losses[off + t];
         batch += s * inv_n;
         for (int t = 0; t < n; t++) dlosses[off + t] = inv_n * inv_docs;
-        off += (size_t)n;
     }
     const REAL result = batch * inv_docs;
     *loss = (double)result;
@@ -301,7 +312,7 @@ int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, d
 
 static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
     const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
-    const int NH = M->cfg.n_head, T = M->cfg.block_size, L = M->cfg.n_layer;
+    const int T = M->cfg.block_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
@@ -361,24 +372,9 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
         const int nd = M->n_docs;
         if (MG_USE_THREADS((size_t)N * T * C, nd)) {
             MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-            for (int d = 0; d < nd; d++) {
-                size_t off = 0;
-                for (int e = 0; e < d; e++) off += (size_t)M->doc_lens[e];
-                FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
-                                       da.att + off * NH * T, da.atty + off * C,
-                                       a.att + off * NH * T, a.q + off * C, a.k + off * C,
-                                       a.v + off * C, M->doc_lens[d], C, NH, T);
-            }
+            for (int d = 0; d < nd; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
         } else {
-            size_t off = 0;
-            for (int d = 0; d < nd; d++) {
-                const int n = M->doc_lens[d];
-                FN(attention_backward)(da.q + off * C, da.k + off * C, da.v + off * C,
-                                       da.att + off * NH * T, da.atty + off * C,
-                                       a.att + off * NH * T, a.q + off * C, a.k + off * C,
-                                       a.v + off * C, n, C, NH, T);
-                off += (size_t)n;
-            }
+            FN(attention_docs_backward)(M, &da, &a, 0, nd);
         }
         FN(model_matmul_backward)(M, da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C, adam);
         FN(model_matmul_backward)(M, da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C, adam);
