@@ -642,6 +642,12 @@ MG_HOT static int FN(finite_maxabs)(const REAL *a, size_t n, double *maxabs) {
     return 1;
 }
 
+/* 1 if every a[i] is finite (no NaN, no infinity). */
+int FN(all_finite)(const REAL *a, size_t n) {
+    double unused;
+    return FN(finite_maxabs)(a, n, &unused);
+}
+
 void FN(matmul_backward)(REAL *dinp,           /* (N, C) */
                          REAL *dweight,        /* (OC, C) */
                          const REAL *dout,     /* (N, OC) */

@@ -334,18 +334,10 @@ int mg_zero_grad(mg_model *M) {
     return MG_OK;
 }
 
-/* 1 if every gradient is finite.  x - x is 0 for finite x and NaN for inf or
- * NaN; the OR of integer flags vectorises (no float reassociation). */
+/* 1 if every gradient is finite. */
 static int grads_finite(const mg_model *M) {
-    int bad = 0;
-    if (M->dtype == MG_FLOAT64) {
-        const double *g = (const double *)M->grads;
-        for (size_t i = 0; i < M->num_params; i++) bad |= !(g[i] - g[i] == 0);
-    } else {
-        const float *g = (const float *)M->grads;
-        for (size_t i = 0; i < M->num_params; i++) bad |= !(g[i] - g[i] == 0);
-    }
-    return !bad;
+    return M->dtype == MG_FLOAT64 ? all_finite_f64(M->grads, M->num_params)
+                                  : all_finite_f32(M->grads, M->num_params);
 }
 
 int mg_adam_step(mg_model *M, double lr_t, double beta1, double beta2, double eps, long t) {
@@ -384,12 +376,15 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
         return MG_ERR_ARG;
     if (n_docs < 1 || batch < 1 || step0 < 0 || n_steps < 0 || num_steps < 1) return MG_ERR_ARG;
     const int T = M->cfg.block_size, V = M->cfg.vocab_size;
-    /* validate the whole corpus once */
-    for (int64_t d = 0; d < n_docs; d++) {
-        if (doc_starts[d + 1] - doc_starts[d] < 2 || doc_starts[d] < 0) return MG_ERR_LENGTH;
-        for (int64_t i = doc_starts[d]; i < doc_starts[d + 1]; i++)
-            if (corpus[i] < 0 || corpus[i] >= V) return MG_ERR_TOKEN;
-    }
+    /* validate the whole corpus once per call: documents of >= 2 tokens,
+     * back to back from 0, then every id in [0, V) (one branch-free pass:
+     * a negative id becomes a huge unsigned value) */
+    if (doc_starts[0] != 0) return MG_ERR_LENGTH;
+    for (int64_t d = 0; d < n_docs; d++)
+        if (doc_starts[d + 1] - doc_starts[d] < 2) return MG_ERR_LENGTH;
+    int bad = 0;
+    for (int64_t i = 0; i < doc_starts[n_docs]; i++) bad |= (uint32_t)corpus[i] >= (uint32_t)V;
+    if (bad) return MG_ERR_TOKEN;
     size_t cap;
     if (!mul_ok((size_t)batch, (size_t)T, &cap)) return MG_ERR_OVERFLOW;
     int rc = mg_model_reserve(M, cap);

@@ -205,6 +205,7 @@ int mg_team_size(void);
                            double lr_t, double beta1, double beta2, double eps, long t); \
     void adam_update_zero_grad_##SUF(REAL *params, REAL *m, REAL *v, REAL *grads, size_t n, \
                                      double lr_t, double beta1, double beta2, double eps, long t); \
+    int all_finite_##SUF(const REAL *a, size_t n);                                      \
     void zero_##SUF(REAL *buf, size_t n);
 
 MG_DECLARE_KERNELS(double, f64)

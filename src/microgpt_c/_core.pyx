@@ -138,14 +138,17 @@ cdef int check_adam_settings(double lr, double beta1, double beta2, double eps,
     return 0
 
 
-cdef object token_array(object tokens, int vocab_size, str what):
-    """A validated, C-contiguous 1-D int32 array of token ids."""
+cdef object token_array(object tokens, int vocab_size, str what, bint check_range=True):
+    """A validated, C-contiguous 1-D int32 array of token ids.  With
+    check_range=False an int32 array's ids are left for the C core to check
+    (it validates them anyway); other dtypes are always checked, since the
+    conversion to int32 could wrap them around."""
     arr = np.asarray(tokens)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iu":
         raise TypeError(f"{what} must contain integers, got dtype {arr.dtype}")
-    if arr.size:
+    if arr.size and (check_range or arr.dtype != np.int32):
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= vocab_size:
             bad = int(np.flatnonzero((arr < 0) | (arr >= vocab_size))[0])
@@ -388,7 +391,9 @@ cdef class GPT:
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
             raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
         check_adam_settings(lr, beta1, beta2, eps, self.dtype)
-        cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus")
+        # the C core checks every id (once per call); on MG_ERR_TOKEN the
+        # Python check below names the offending one
+        cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus", False)
         starts = np.asarray(doc_starts)
         if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
             raise ValueError("doc_starts must be a 1-D integer array of n_docs + 1 offsets")
@@ -419,6 +424,8 @@ cdef class GPT:
             err.step = step0 + done + 1
             err.losses = losses[:done].copy()
             raise err
+        if rc == MG_ERR_TOKEN:
+            token_array(corpus, self.vocab_size, "corpus")  # raises the detailed TokenError
         check(rc, "training")
         return losses[:n_steps], lrs[:n_steps]
 
