@@ -21,7 +21,6 @@ import hashlib
 import importlib.resources
 import operator
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
