@@ -15,3 +15,8 @@
 #define SQRT sqrt
 #include "kernels_impl.h"
 #include "model_impl.h"
+
+/* The libm-exact reciprocal and inverse square root of the float64 kernels
+ * (see recip_pow in kernels_impl.h), exposed for the C tests. */
+double mg_recip_pow_f64(double x) { return recip_pow_f64(x); }
+double mg_rsqrt_pow_f64(double x) { return rsqrt_pow_f64(x); }

@@ -211,6 +211,11 @@ int mg_team_size(void);
 MG_DECLARE_KERNELS(double, f64)
 MG_DECLARE_KERNELS(float, f32)
 
+/* pow(x, -1) and pow(x, -0.5) with libm's bits, as the float64 kernels
+ * compute them (fast path + libm fallback), for the C tests. */
+double mg_recip_pow_f64(double x);
+double mg_rsqrt_pow_f64(double x);
+
 /* Model-level functions per dtype (dispatched to by the generic ones). */
 int mg_forward_f64(mg_model *model, double *loss);
 int mg_forward_f32(mg_model *model, double *loss);

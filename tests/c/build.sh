@@ -6,7 +6,7 @@
 # Environment:
 #   CC        compiler (default: gcc)
 #   CFLAGS    compile flags (default: -O2 -g); always added: -std=c11 -Wall
-#             -Wextra -ffp-contract=off, as the package build does
+#             -Wextra -ffp-contract=off -fno-builtin-pow(f), as the package build does
 #   LDFLAGS   extra link flags
 #   OPENMP    1 (default) to build with -fopenmp, 0 for a serial build
 #
@@ -31,7 +31,7 @@ fi
 
 mkdir -p "$(dirname "$OUT")"
 # shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
-"$CC" -std=c11 -Wall -Wextra -ffp-contract=off $CFLAGS "${OMPFLAGS[@]}" \
+"$CC" -std=c11 -Wall -Wextra -ffp-contract=off -fno-builtin-pow -fno-builtin-powf $CFLAGS "${OMPFLAGS[@]}" \
     -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$HERE/test_core.c" \
     -o "$OUT" $LDFLAGS "${OMPFLAGS[@]}" -lm
 echo "built $OUT ($CC $CFLAGS ${OMPFLAGS[*]})" >&2
