@@ -120,7 +120,7 @@ static REAL FN(att_scale)(int hs) {
 }
 
 /* ------------------------------------------------------------- embedding */
-void FN(encoder_forward)(REAL *out,            /* (N, C) */
+MG_HOT void FN(encoder_forward)(REAL *out,            /* (N, C) */
                          const int32_t *inp,   /* (N) token ids */
                          const int32_t *pos,   /* (N) positions */
                          const REAL *wte,      /* (V, C) */
@@ -134,7 +134,7 @@ void FN(encoder_forward)(REAL *out,            /* (N, C) */
     }
 }
 
-void FN(encoder_backward)(REAL *dwte,           /* (V, C) */
+MG_HOT void FN(encoder_backward)(REAL *dwte,           /* (V, C) */
                           REAL *dwpe,           /* (T, C) */
                           const REAL *dout,     /* (N, C) */
                           const int32_t *inp,   /* (N) */
@@ -151,7 +151,7 @@ void FN(encoder_backward)(REAL *dwte,           /* (V, C) */
 
 /* --------------------------------------------------------------- RMSNorm */
 /* out = x * (mean(x*x) + 1e-5)^-0.5, no learned gain */
-static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
+MG_HOT static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
                                     int C, REAL inv_c);
 
 void FN(rmsnorm_forward)(REAL *out,           /* (N, C) */
@@ -170,7 +170,7 @@ void FN(rmsnorm_forward)(REAL *out,           /* (N, C) */
     FN(rmsnorm_forward_rows)(out, scale, inp, 0, N, C, inv_c);
 }
 
-static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
+MG_HOT static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
                                     int C, REAL inv_c) {
     for (int n = n0; n < n1; n++) {
         const REAL *x = inp + (size_t)n * C;
@@ -183,7 +183,7 @@ static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, in
     }
 }
 
-static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
+MG_HOT static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
                                      const REAL *scale, int n0, int n1, int C, REAL inv_c);
 
 void FN(rmsnorm_backward)(REAL *dinp,          /* (N, C) */
@@ -203,7 +203,7 @@ void FN(rmsnorm_backward)(REAL *dinp,          /* (N, C) */
     FN(rmsnorm_backward_rows)(dinp, dout, inp, scale, 0, N, C, inv_c);
 }
 
-static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
+MG_HOT static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
                                      const REAL *scale, int n0, int n1, int C, REAL inv_c) {
     for (int n = n0; n < n1; n++) {
         const REAL *x = inp + (size_t)n * C;
@@ -236,49 +236,67 @@ typedef REAL FN(uvec_t) __attribute__((vector_size(64), aligned(sizeof(REAL))));
 #define LOADU(p) (*(const FN(uvec_t) *)(p))
 #define STOREU(p, x) (*(FN(uvec_t) *)(p) = (x))
 
-MG_HOT static void FN(matmul_forward_blocks)(REAL *out, const REAL *inp, const REAL *weight,
-                                             int N, int C, int OC, int b0, int b1,
-                                             REAL *xT /* (C, MG_LANES) scratch */) {
-    enum { NB = MG_LANES };
+/* One block of nb <= NBV tokens (rows n0 ..) of the token-lane product with
+ * vector type VT of NBV lanes; xT (C, NBV) scratch.  Instantiated for full
+ * registers and for half registers (a short block, e.g. one 6-token name,
+ * fills 6 of 8 half-register lanes instead of 6 of 16: on CPUs that split a
+ * 512-bit operation in two 256-bit halves that is twice the throughput).
+ * The same IEEE operations per output either way. */
+#define MG_DEFINE_MMF_BLOCK(NAME, VT, NBV)                                                      \
+MG_HOT static void NAME(REAL *out, const REAL *inp, const REAL *weight, int C, int OC,          \
+                        int n0, int nb, REAL *xT) {                                             \
+    for (int i = 0; i < C; i++)                                                                 \
+        for (int l = 0; l < (NBV); l++)                                                         \
+            xT[(size_t)i * (NBV) + l] = l < nb ? inp[(size_t)(n0 + l) * C + i] : (REAL)0;       \
+    int oc = 0;                                                                                 \
+    for (; oc + 8 <= OC; oc += 8) {  /* eight independent sums hide the add latency */          \
+        VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};     \
+        const REAL *w0 = weight + (size_t)oc * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;     \
+        const REAL *w4 = w3 + C, *w5 = w4 + C, *w6 = w5 + C, *w7 = w6 + C;                      \
+        for (int i = 0; i < C; i++) {                                                           \
+            const VT x = *(const VT *)(xT + (size_t)i * (NBV));                                 \
+            s0 += w0[i] * x; s1 += w1[i] * x; s2 += w2[i] * x; s3 += w3[i] * x;                 \
+            s4 += w4[i] * x; s5 += w5[i] * x; s6 += w6[i] * x; s7 += w7[i] * x;                 \
+        }                                                                                       \
+        for (int l = 0; l < nb; l++) {                                                          \
+            REAL *o = out + (size_t)(n0 + l) * OC + oc;                                         \
+            o[0] = s0[l]; o[1] = s1[l]; o[2] = s2[l]; o[3] = s3[l];                             \
+            o[4] = s4[l]; o[5] = s5[l]; o[6] = s6[l]; o[7] = s7[l];                             \
+        }                                                                                       \
+    }                                                                                           \
+    for (; oc + 4 <= OC; oc += 4) {                                                             \
+        VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                              \
+        const REAL *w0 = weight + (size_t)oc * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;     \
+        for (int i = 0; i < C; i++) {                                                           \
+            const VT x = *(const VT *)(xT + (size_t)i * (NBV));                                 \
+            s0 += w0[i] * x; s1 += w1[i] * x; s2 += w2[i] * x; s3 += w3[i] * x;                 \
+        }                                                                                       \
+        for (int l = 0; l < nb; l++) {                                                          \
+            REAL *o = out + (size_t)(n0 + l) * OC + oc;                                         \
+            o[0] = s0[l]; o[1] = s1[l]; o[2] = s2[l]; o[3] = s3[l];                             \
+        }                                                                                       \
+    }                                                                                           \
+    for (; oc < OC; oc++) {                                                                     \
+        VT s0 = {0};                                                                            \
+        const REAL *w0 = weight + (size_t)oc * C;                                               \
+        for (int i = 0; i < C; i++) s0 += w0[i] * *(const VT *)(xT + (size_t)i * (NBV));        \
+        for (int l = 0; l < nb; l++) out[(size_t)(n0 + l) * OC + oc] = s0[l];                   \
+    }                                                                                           \
+}
+
+typedef REAL FN(hvec_t) __attribute__((vector_size(32), aligned(sizeof(REAL))));
+typedef REAL FN(fvec_t) __attribute__((vector_size(64), aligned(sizeof(REAL))));
+MG_DEFINE_MMF_BLOCK(FN(mmf_block_full), FN(fvec_t), MG_LANES)
+MG_DEFINE_MMF_BLOCK(FN(mmf_block_half), FN(hvec_t), MG_LANES / 2)
+#undef MG_DEFINE_MMF_BLOCK
+
+static void FN(matmul_forward_blocks)(REAL *out, const REAL *inp, const REAL *weight,
+                                      int N, int C, int OC, int b0, int b1,
+                                      REAL *xT /* (C, MG_LANES) scratch */) {
     for (int b = b0; b < b1; b++) {
-        const int n0 = b * NB, nb = N - n0 < NB ? N - n0 : NB;
-        for (int i = 0; i < C; i++)
-            for (int l = 0; l < NB; l++)
-                xT[(size_t)i * NB + l] = l < nb ? inp[(size_t)(n0 + l) * C + i] : (REAL)0;
-        int oc = 0;
-        for (; oc + 8 <= OC; oc += 8) {  /* eight independent sums hide the add latency */
-            VEC s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};
-            const REAL *w0 = weight + (size_t)oc * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-            const REAL *w4 = w3 + C, *w5 = w4 + C, *w6 = w5 + C, *w7 = w6 + C;
-            for (int i = 0; i < C; i++) {
-                const VEC x = LOADU(xT + (size_t)i * NB);
-                s0 += w0[i] * x; s1 += w1[i] * x; s2 += w2[i] * x; s3 += w3[i] * x;
-                s4 += w4[i] * x; s5 += w5[i] * x; s6 += w6[i] * x; s7 += w7[i] * x;
-            }
-            for (int l = 0; l < nb; l++) {
-                REAL *o = out + (size_t)(n0 + l) * OC + oc;
-                o[0] = s0[l]; o[1] = s1[l]; o[2] = s2[l]; o[3] = s3[l];
-                o[4] = s4[l]; o[5] = s5[l]; o[6] = s6[l]; o[7] = s7[l];
-            }
-        }
-        for (; oc + 4 <= OC; oc += 4) {
-            VEC s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            const REAL *w0 = weight + (size_t)oc * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-            for (int i = 0; i < C; i++) {
-                const VEC x = LOADU(xT + (size_t)i * NB);
-                s0 += w0[i] * x; s1 += w1[i] * x; s2 += w2[i] * x; s3 += w3[i] * x;
-            }
-            for (int l = 0; l < nb; l++) {
-                REAL *o = out + (size_t)(n0 + l) * OC + oc;
-                o[0] = s0[l]; o[1] = s1[l]; o[2] = s2[l]; o[3] = s3[l];
-            }
-        }
-        for (; oc < OC; oc++) {
-            VEC s0 = {0};
-            const REAL *w0 = weight + (size_t)oc * C;
-            for (int i = 0; i < C; i++) s0 += w0[i] * LOADU(xT + (size_t)i * NB);
-            for (int l = 0; l < nb; l++) out[(size_t)(n0 + l) * OC + oc] = s0[l];
-        }
+        const int n0 = b * MG_LANES, nb = N - n0 < MG_LANES ? N - n0 : MG_LANES;
+        if (nb <= MG_LANES / 2) FN(mmf_block_half)(out, inp, weight, C, OC, n0, nb, xT);
+        else FN(mmf_block_full)(out, inp, weight, C, OC, n0, nb, xT);
     }
 }
 
@@ -469,40 +487,56 @@ static void FN(matmul_forward_T)(REAL *out, const REAL *inp, const REAL *wT,
 }
 
 /* dinp[n][i] += sum_o dout[n][o] * weight[o][i], rows n0..n1, o ascending.
- * Four rows at a time, MG_LANES columns per register. */
+ * Tiles of RT rows x IV registers of columns (constants after inlining):
+ * RT * IV independent sums hide the add latency even for a lone row. */
+static inline __attribute__((always_inline)) void FN(dinp_tile)(REAL *dinp, const REAL *dout,
+        const REAL *weight, int C, int OC, int n, int i, const int RT, const int IV) {
+    enum { NB = MG_LANES };
+    VEC acc[4][4];
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < IV; v++) acc[r][v] = LOADU(dinp + (size_t)(n + r) * C + i + v * NB);
+    const REAL *g = dout + (size_t)n * OC;
+    for (int o = 0; o < OC; o++) {
+        VEC w[4];
+        for (int v = 0; v < IV; v++) w[v] = LOADU(weight + (size_t)o * C + i + v * NB);
+        for (int r = 0; r < RT; r++) {
+            const REAL gr = g[(size_t)r * OC + o];
+            for (int v = 0; v < IV; v++) acc[r][v] += gr * w[v];
+        }
+    }
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < IV; v++) STOREU(dinp + (size_t)(n + r) * C + i + v * NB, acc[r][v]);
+}
+
+/* rows n .. n+RT-1, every full register of columns */
+static inline __attribute__((always_inline)) void FN(dinp_rows)(REAL *dinp, const REAL *dout,
+        const REAL *weight, int C, int OC, int n, const int RT) {
+    enum { NB = MG_LANES };
+    int i = 0;
+    if (RT >= 3) {
+        for (; i + 2 * NB <= C; i += 2 * NB) FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 2);
+    } else {
+        for (; i + 4 * NB <= C; i += 4 * NB) FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 4);
+        for (; i + 2 * NB <= C; i += 2 * NB) FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 2);
+    }
+    for (; i + NB <= C; i += NB) FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 1);
+    for (; i < C; i++)   /* columns past the last full register */
+        for (int r = 0; r < RT; r++) {
+            REAL a = dinp[(size_t)(n + r) * C + i];
+            for (int o = 0; o < OC; o++) a += dout[(size_t)(n + r) * OC + o] * weight[(size_t)o * C + i];
+            dinp[(size_t)(n + r) * C + i] = a;
+        }
+}
+
 MG_HOT static void FN(matmul_backward_dinp)(REAL *dinp, const REAL *dout, const REAL *weight,
                                             int C, int OC, int n0, int n1) {
-    enum { NB = MG_LANES };
     int n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        REAL *d0 = dinp + (size_t)n * C, *d1 = d0 + C, *d2 = d1 + C, *d3 = d2 + C;
-        const REAL *g0 = dout + (size_t)n * OC, *g1 = g0 + OC, *g2 = g1 + OC, *g3 = g2 + OC;
-        int i = 0;
-        for (; i + NB <= C; i += NB) {
-            VEC a0 = LOADU(d0 + i), a1 = LOADU(d1 + i), a2 = LOADU(d2 + i), a3 = LOADU(d3 + i);
-            for (int o = 0; o < OC; o++) {
-                const VEC w = LOADU(weight + (size_t)o * C + i);
-                a0 += g0[o] * w; a1 += g1[o] * w; a2 += g2[o] * w; a3 += g3[o] * w;
-            }
-            STOREU(d0 + i, a0); STOREU(d1 + i, a1); STOREU(d2 + i, a2); STOREU(d3 + i, a3);
-        }
-        for (; i < C; i++)
-            for (int o = 0; o < OC; o++) {
-                const REAL w = weight[(size_t)o * C + i];
-                d0[i] += g0[o] * w; d1[i] += g1[o] * w; d2[i] += g2[o] * w; d3[i] += g3[o] * w;
-            }
-    }
-    for (; n < n1; n++) {
-        REAL *d0 = dinp + (size_t)n * C;
-        const REAL *g0 = dout + (size_t)n * OC;
-        int i = 0;
-        for (; i + NB <= C; i += NB) {
-            VEC a0 = LOADU(d0 + i);
-            for (int o = 0; o < OC; o++) a0 += g0[o] * LOADU(weight + (size_t)o * C + i);
-            STOREU(d0 + i, a0);
-        }
-        for (; i < C; i++)
-            for (int o = 0; o < OC; o++) d0[i] += g0[o] * weight[(size_t)o * C + i];
+    for (; n + 4 <= n1; n += 4) FN(dinp_rows)(dinp, dout, weight, C, OC, n, 4);
+    switch (n1 - n) {
+    case 3: FN(dinp_rows)(dinp, dout, weight, C, OC, n, 3); break;
+    case 2: FN(dinp_rows)(dinp, dout, weight, C, OC, n, 2); break;
+    case 1: FN(dinp_rows)(dinp, dout, weight, C, OC, n, 1); break;
+    default: break;
     }
 }
 
@@ -988,7 +1022,7 @@ MG_HOT static void FN(attention_backward_heads)(REAL *dq, REAL *dk, REAL *dv, RE
 }
 
 /* ------------------------------------------------------------------ ReLU */
-void FN(relu_forward)(REAL *out, const REAL *inp, size_t n) {      /* (n), (n) */
+MG_HOT void FN(relu_forward)(REAL *out, const REAL *inp, size_t n) {      /* (n), (n) */
     for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : (REAL)0;
 }
 
@@ -1007,11 +1041,11 @@ void FN(relu_backward)(REAL *dinp, const REAL *dout, const REAL *inp, size_t n) 
 }
 
 /* -------------------------------------------------------------- residual */
-void FN(residual_forward)(REAL *out, const REAL *inp1, const REAL *inp2, size_t n) {
+MG_HOT void FN(residual_forward)(REAL *out, const REAL *inp1, const REAL *inp2, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = inp1[i] + inp2[i];
 }
 
-void FN(residual_backward)(REAL *dinp1, REAL *dinp2, const REAL *dout, size_t n) {
+MG_HOT void FN(residual_backward)(REAL *dinp1, REAL *dinp2, const REAL *dout, size_t n) {
     for (size_t i = 0; i < n; i++) { dinp1[i] += dout[i]; dinp2[i] += dout[i]; }
 }
 
@@ -1081,7 +1115,7 @@ MG_HOT static void FN(crossentropy_rows)(REAL *losses, REAL *probs, const REAL *
     }
 }
 
-void FN(crossentropy_softmax_backward)(REAL *dlogits,          /* (N, V) */
+MG_HOT void FN(crossentropy_softmax_backward)(REAL *dlogits,          /* (N, V) */
                                        const REAL *dlosses,    /* (N) */
                                        const REAL *probs,      /* (N, V) */
                                        const int32_t *targets, /* (N) */
@@ -1090,7 +1124,12 @@ void FN(crossentropy_softmax_backward)(REAL *dlogits,          /* (N, V) */
         REAL *dz = dlogits + (size_t)n * V;
         const REAL *p = probs + (size_t)n * V;
         const REAL dl = dlosses[n];
-        for (int i = 0; i < V; i++) dz[i] += dl * (p[i] - (i == targets[n] ? (REAL)1 : (REAL)0));
+        const int t = targets[n];
+        /* (a select on the index, not a branch: vectorises) */
+        for (int i = 0; i < V; i++) {
+            const REAL onehot = i == t ? (REAL)1 : (REAL)0;
+            dz[i] += dl * (p[i] - onehot);
+        }
     }
 }
 
