@@ -577,80 +577,93 @@ static inline void FN(adam_span)(REAL *restrict p, REAL *restrict m, REAL *restr
 }
 
 /* dweight[o][i] += sum_n dout[n][o] * inp[n][i], rows o0..o1, n ascending.
- * With A != NULL (the fused training step) the gradient is not stored:
- * each finished tile (sum from 0, the same value the accumulation into a
- * zeroed dweight gives) is applied at once by Adam to weight, A->m, A->v. */
+ * With A != NULL (the fused training step) the gradient is not stored: the
+ * gradient of 4 rows x up to MG_DW_CHUNK columns (sums from 0, the values the
+ * accumulation into a zeroed dweight gives) goes to a stack buffer and is
+ * then applied by Adam to weight, A->m, A->v in one streaming pass (long
+ * enough for the square root / division latencies to overlap). */
+#define MG_DW_CHUNK 256
+
+/* RT rows (o..) x IV registers of columns (i..) of the weight gradient into
+ * dst (row stride ldd), starting from dst's values (init) or from 0. */
+static inline __attribute__((always_inline)) void FN(dw_tile)(REAL *dst, int ldd, int init,
+        const REAL *dout, const REAL *inp, int N, int C, int OC, int o, int i,
+        const int RT, const int IV) {
+    enum { NB = MG_LANES };
+    VEC acc[4][4];
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < IV; v++)
+            acc[r][v] = init ? LOADU(dst + (size_t)r * ldd + v * NB) : (VEC){0};
+    for (int n = 0; n < N; n++) {
+        VEC x[4];
+        for (int v = 0; v < IV; v++) x[v] = LOADU(inp + (size_t)n * C + i + v * NB);
+        const REAL *g = dout + (size_t)n * OC + o;
+        for (int r = 0; r < RT; r++) {
+            const REAL gr = g[r];
+            for (int v = 0; v < IV; v++) acc[r][v] += gr * x[v];
+        }
+    }
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < IV; v++) STOREU(dst + (size_t)r * ldd + v * NB, acc[r][v]);
+}
+
+/* rows o .. o+RT-1, columns c0 .. c0+cl-1 into dst (RT, ldd) */
+static inline __attribute__((always_inline)) void FN(dw_rows)(REAL *dst, int ldd, int init,
+        const REAL *dout, const REAL *inp, int N, int C, int OC, int o, int c0, int cl,
+        const int RT) {
+    enum { NB = MG_LANES };
+    int j = 0;   /* column offset inside the chunk */
+    if (RT == 4) {
+        for (; j + 2 * NB <= cl; j += 2 * NB)
+            FN(dw_tile)(dst + j, ldd, init, dout, inp, N, C, OC, o, c0 + j, RT, 2);
+    } else {
+        for (; j + 4 * NB <= cl; j += 4 * NB)
+            FN(dw_tile)(dst + j, ldd, init, dout, inp, N, C, OC, o, c0 + j, RT, 4);
+        for (; j + 2 * NB <= cl; j += 2 * NB)
+            FN(dw_tile)(dst + j, ldd, init, dout, inp, N, C, OC, o, c0 + j, RT, 2);
+    }
+    for (; j + NB <= cl; j += NB)
+        FN(dw_tile)(dst + j, ldd, init, dout, inp, N, C, OC, o, c0 + j, RT, 1);
+    for (; j < cl; j++)   /* columns past the last full register */
+        for (int r = 0; r < RT; r++) {
+            REAL acc = init ? dst[(size_t)r * ldd + j] : (REAL)0;
+            for (int n = 0; n < N; n++)
+                acc += dout[(size_t)n * OC + o + r] * inp[(size_t)n * C + c0 + j];
+            dst[(size_t)r * ldd + j] = acc;
+        }
+}
+
 MG_HOT static void FN(matmul_backward_dweight)(REAL *dweight, const REAL *dout, const REAL *inp,
                                                int N, int C, int OC, int o0, int o1,
                                                REAL *weight, const FN(adam_ctx_t) *A) {
-    enum { NB = MG_LANES };
-    REAL tile[4][NB];
+    REAL gbuf[4 * MG_DW_CHUNK];
     /* a local copy: the constants cannot alias the moments being stored */
     FN(adam_ctx_t) Aloc;
     if (A != NULL) { Aloc = *A; A = &Aloc; }
-#define MG_DW_EMIT(r, oo, ii, vec, len)                                                    \
-    do {                                                                                    \
-        const size_t at_ = (size_t)(oo) * C + (ii);                                         \
-        if (A != NULL) {                                                                    \
-            STOREU(tile[r], vec);                                                           \
-            FN(adam_span)(weight + at_, A->m + at_, A->v + at_, tile[r], (len), A);         \
-        } else {                                                                            \
-            STOREU(dweight + at_, vec);                                                     \
-        }                                                                                   \
-    } while (0)
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        REAL *w0 = dweight + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        int i = 0;
-        for (; i + NB <= C; i += NB) {
-            VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            if (A == NULL) { a0 = LOADU(w0 + i); a1 = LOADU(w1 + i); a2 = LOADU(w2 + i); a3 = LOADU(w3 + i); }
-            for (int n = 0; n < N; n++) {
-                const VEC x = LOADU(inp + (size_t)n * C + i);
-                const REAL *g = dout + (size_t)n * OC + o;
-                a0 += g[0] * x; a1 += g[1] * x; a2 += g[2] * x; a3 += g[3] * x;
+    for (int o = o0; o < o1; o += 4) {
+        const int R = o1 - o < 4 ? o1 - o : 4;
+        for (int c0 = 0; c0 < C; c0 += MG_DW_CHUNK) {
+            const int cl = C - c0 < MG_DW_CHUNK ? C - c0 : MG_DW_CHUNK;
+            REAL *dst = A != NULL ? gbuf : dweight + (size_t)o * C + c0;
+            const int ldd = A != NULL ? cl : C, init = A == NULL;
+            switch (R) {
+            case 4: FN(dw_rows)(dst, ldd, init, dout, inp, N, C, OC, o, c0, cl, 4); break;
+            case 3: FN(dw_rows)(dst, ldd, init, dout, inp, N, C, OC, o, c0, cl, 3); break;
+            case 2: FN(dw_rows)(dst, ldd, init, dout, inp, N, C, OC, o, c0, cl, 2); break;
+            default: FN(dw_rows)(dst, ldd, init, dout, inp, N, C, OC, o, c0, cl, 1); break;
             }
-            MG_DW_EMIT(0, o, i, a0, NB); MG_DW_EMIT(1, o + 1, i, a1, NB);
-            MG_DW_EMIT(2, o + 2, i, a2, NB); MG_DW_EMIT(3, o + 3, i, a3, NB);
-        }
-        if (i < C) {
-            const int rem = C - i;
-            for (int r = 0; r < 4; r++)
-                for (int j = 0; j < rem; j++) {
-                    REAL acc = A == NULL ? dweight[(size_t)(o + r) * C + i + j] : (REAL)0;
-                    for (int n = 0; n < N; n++)
-                        acc += dout[(size_t)n * OC + o + r] * inp[(size_t)n * C + i + j];
-                    tile[r][j] = acc;
+            if (A == NULL) continue;
+            if (cl == C) {  /* the R rows are contiguous in the parameters, as in gbuf */
+                const size_t at = (size_t)o * C;
+                FN(adam_span)(weight + at, A->m + at, A->v + at, gbuf, R * C, A);
+            } else {
+                for (int r = 0; r < R; r++) {
+                    const size_t at = (size_t)(o + r) * C + c0;
+                    FN(adam_span)(weight + at, A->m + at, A->v + at, gbuf + (size_t)r * cl, cl, A);
                 }
-            for (int r = 0; r < 4; r++) {
-                const size_t at = (size_t)(o + r) * C + i;
-                if (A != NULL) FN(adam_span)(weight + at, A->m + at, A->v + at, tile[r], rem, A);
-                else memcpy(dweight + at, tile[r], (size_t)rem * sizeof(REAL));
             }
         }
     }
-    for (; o < o1; o++) {
-        REAL *dw = dweight + (size_t)o * C;
-        int i = 0;
-        for (; i + NB <= C; i += NB) {
-            VEC a0 = {0};
-            if (A == NULL) a0 = LOADU(dw + i);
-            for (int n = 0; n < N; n++) a0 += dout[(size_t)n * OC + o] * LOADU(inp + (size_t)n * C + i);
-            MG_DW_EMIT(0, o, i, a0, NB);
-        }
-        if (i < C) {
-            const int rem = C - i;
-            for (int j = 0; j < rem; j++) {
-                REAL acc = A == NULL ? dw[i + j] : (REAL)0;
-                for (int n = 0; n < N; n++) acc += dout[(size_t)n * OC + o] * inp[(size_t)n * C + i + j];
-                tile[0][j] = acc;
-            }
-            const size_t at = (size_t)o * C + i;
-            if (A != NULL) FN(adam_span)(weight + at, A->m + at, A->v + at, tile[0], rem, A);
-            else memcpy(dw + i, tile[0], (size_t)rem * sizeof(REAL));
-        }
-    }
-#undef MG_DW_EMIT
 }
 
 /* The two halves of matmul_backward.  dinp first (from the weight before
