@@ -992,21 +992,22 @@ static inline __attribute__((always_inline)) void FN(att_bwd_lanes_body)(
     enum { NB = MG_LANES };
     const int G = NB / HS;
     const VEC zero = {0};
+    FN(ivec_t) glane;
+    for (int l = 0; l < NB; l++) glane[l] = l;
     for (int i = 0; i < N; i++) {
         for (int c0 = 0; c0 < C; c0 += NB) {
             const int h0 = c0 / HS;
             const REAL *w = att + ((size_t)i * NH + h0) * T;
             const VEC dov = LOADU(dout + (size_t)i * C + c0);
             const VEC qv = LOADU(q + (size_t)i * C + c0);
-            /* the weights, each head's over its lanes */
-            for (int g = 0; g < G; g++)
-                for (int t = 0; t <= i; t++) {
-                    const REAL x = w[(size_t)g * T + t];
-                    for (int j = 0; j < HS; j++) W[(size_t)t * NB + g * HS + j] = x;
-                }
             VEC dot = zero;
             for (int t = 0; t <= i; t++) {
-                const VEC wv = LOADU(W + (size_t)t * NB);
+                /* the weights, each head's over its lanes (broadcasts and
+                 * selects: no scalar stores read back as a vector) */
+                VEC wv = zero + w[t];
+                for (int g = 1; g < G; g++)
+                    wv = MG_ATT_SEL(glane >= g * HS, zero + w[(size_t)g * T + t], wv);
+                STOREU(W + (size_t)t * NB, wv);
                 VEC g = dov * LOADU(v + (size_t)t * C + c0);
                 FN(group_sum_tree)(&g, HS);
                 STOREU(D + (size_t)t * NB, g);
