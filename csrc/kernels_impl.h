@@ -904,6 +904,237 @@ MG_HOT static void FN(attention_backward_doc)(REAL *dq, REAL *dk, REAL *dv, cons
     }
 }
 
+/* ---- attention with lanes over channels: for a query row i and key t, one
+ * product q[i][c0 : c0 + NB] * k[t][c0 : c0 + NB] holds the terms of NB / HS
+ * heads at once (heads never straddle a register: HS divides NB, NB divides
+ * C), and sums within each group of HS lanes give all their scores.  Every
+ * register of channels is an independent attention problem over its heads.
+ * This fills the lanes for short documents and small heads, where the
+ * query-lane kernels above leave most lanes idle and pay a per-head setup.
+ *
+ * Exactness of the forward (float64 bit-identical to attention_forward_rows):
+ * - score: the reference's sequential ((0 + a0) + a1) + ... + a_{HS-1}, done
+ *   as HS - 1 shifted adds in order (lane g*HS of ((0 + a) + a<<1) + a<<2 ...
+ *   is the head's sum; not a tree), then broadcast over the head's lanes, so
+ *   every lane of a group carries its head's score, and multiplied by scale;
+ * - max, sum of exps and the output sums run over t from 0 in order, lane by
+ *   lane, the same scalar operations as the reference (a select for the max);
+ * - float64: exp and the reciprocal are the libm EXP / RECIP, once per head
+ *   (not per lane); float32 uses the vector exp (any order is allowed there).
+ */
+#define MG_ATT_LANES_MAX_KEYS 64   /* scratch (keys, NB) on the stack */
+#define MG_ATT_SEL(m, a, b) ((VEC)(((FN(ivec_t))(a) & (m)) | ((FN(ivec_t))(b) & ~(m))))
+
+/* 1 if the lanes-over-channels kernels cover this shape with nk keys. */
+static int FN(att_lanes_ok)(int C, int NH, int nk) {
+    const int HS = C / NH;
+    return HS >= 1 && MG_LANES % HS == 0 && C % MG_LANES == 0 && nk <= MG_ATT_LANES_MAX_KEYS;
+}
+
+/* (helpers in place, by pointer, so no vector-argument ABI is involved; the
+ * shifts are literal constants at every call, so after inlining each mask is
+ * a constant and every clone picks its own fixed permutation) */
+/* *sp += a shifted down by j lanes: x[l + j] in lane l (indices modulo NB: the
+ * lanes that wrap are never read) */
+static inline __attribute__((always_inline)) void FN(shift_add)(VEC *sp, const VEC *ap,
+                                                                const int j) {
+    enum { NB = MG_LANES };
+    FN(ivec_t) m;
+#pragma GCC unroll 16
+    for (int l = 0; l < NB; l++) m[l] = (l + j) & (NB - 1);
+    *sp = *sp + __builtin_shuffle(*ap, m);
+}
+
+/* *sp = the sequential sum over each group of HS lanes of *ap, in the group's
+ * first lane: (((0 + a[g]) + a[g + 1]) + a[g + 2]) ..., the reference's order:
+ * adds of a shifted by 1, 2, .., HS - 1 lanes, in that order (not a tree) */
+static inline __attribute__((always_inline)) void FN(group_sum_seq)(VEC *sp, const VEC *ap,
+                                                                    const int HS) {
+    const VEC zero = {0};
+    *sp = zero + *ap;
+    if (HS > 1) FN(shift_add)(sp, ap, 1);
+    if (HS > 2) FN(shift_add)(sp, ap, 2);
+    if (HS > 3) FN(shift_add)(sp, ap, 3);
+    if (HS > 4) FN(shift_add)(sp, ap, 4);
+    if (HS > 5) FN(shift_add)(sp, ap, 5);
+    if (HS > 6) FN(shift_add)(sp, ap, 6);
+    if (HS > 7) FN(shift_add)(sp, ap, 7);
+    if (HS > 8) FN(shift_add)(sp, ap, 8);
+    if (HS > 9) FN(shift_add)(sp, ap, 9);
+    if (HS > 10) FN(shift_add)(sp, ap, 10);
+    if (HS > 11) FN(shift_add)(sp, ap, 11);
+    if (HS > 12) FN(shift_add)(sp, ap, 12);
+    if (HS > 13) FN(shift_add)(sp, ap, 13);
+    if (HS > 14) FN(shift_add)(sp, ap, 14);
+    if (HS > 15) FN(shift_add)(sp, ap, 15);
+}
+
+/* lane g*HS (the first of its group) copied to every lane of the group */
+static inline __attribute__((always_inline)) void FN(group_bcast)(VEC *xp, const int HS) {
+    enum { NB = MG_LANES };
+    if (HS == 1) return;
+    FN(ivec_t) m;
+#pragma GCC unroll 16
+    for (int l = 0; l < NB; l++) m[l] = l / HS * HS;
+    *xp = __builtin_shuffle(*xp, m);
+}
+
+/* *xp += *xp with lanes l and l ^ s swapped */
+static inline __attribute__((always_inline)) void FN(xor_add)(VEC *xp, const int s) {
+    enum { NB = MG_LANES };
+    FN(ivec_t) m;
+#pragma GCC unroll 16
+    for (int l = 0; l < NB; l++) m[l] = l ^ s;
+    *xp = *xp + __builtin_shuffle(*xp, m);
+}
+
+/* the sum over each group of HS lanes in every lane of the group, as a
+ * butterfly (a fixed tree; a + b == b + a, so all lanes of a group agree) */
+static inline __attribute__((always_inline)) void FN(group_sum_tree)(VEC *xp, const int HS) {
+    if (HS > 1) FN(xor_add)(xp, 1);
+    if (HS > 2) FN(xor_add)(xp, 2);
+    if (HS > 4) FN(xor_add)(xp, 4);
+    if (HS > 8) FN(xor_add)(xp, 8);
+}
+
+/* Query rows 0 .. N-1 at positions p0 + i, keys 0 .. p0 + i; HS a constant. */
+static inline __attribute__((always_inline)) void FN(att_fwd_lanes_body)(
+        REAL *out, REAL *att, const REAL *q, const REAL *k, const REAL *v, int N, int p0,
+        int C, int NH, int T, REAL scale, REAL *S /* (p0 + N, NB) scratch */, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;   /* heads per register */
+    const VEC zero = {0};
+    for (int i = 0; i < N; i++) {
+        const int nk = p0 + i + 1;
+        for (int c0 = 0; c0 < C; c0 += NB) {
+            const int h0 = c0 / HS;
+            const VEC qv = LOADU(q + (size_t)i * C + c0);
+            VEC M = zero;
+            for (int t = 0; t < nk; t++) {
+                const VEC a = qv * LOADU(k + (size_t)t * C + c0);
+                VEC s;
+                FN(group_sum_seq)(&s, &a, HS);
+                FN(group_bcast)(&s, HS);
+                s = s * scale;
+                STOREU(S + (size_t)t * NB, s);
+                /* (one comparison per select: GCC 12 scalarises reused masks) */
+                M = t == 0 ? s : MG_ATT_SEL(s > M, s, M);
+            }
+            VEC total = zero;
+            for (int t = 0; t < nk; t++) {
+                VEC e = LOADU(S + (size_t)t * NB) - M;
+#ifdef MG_FAST_RECIP
+                FN(vexp)(&e);
+#else
+                REAL eb[NB];
+                STOREU(eb, e);
+                for (int g = 0; g < G; g++) {
+                    const REAL x = EXP(eb[g * HS]);
+                    for (int j = 0; j < HS; j++) eb[g * HS + j] = x;
+                }
+                e = LOADU(eb);
+#endif
+                STOREU(S + (size_t)t * NB, e);
+                total = total + e;
+            }
+            VEC inv;
+#ifdef MG_FAST_RECIP
+            inv = (REAL)1 / total;
+#else
+            {
+                REAL ib[NB];
+                for (int g = 0; g < G; g++) {
+                    const REAL x = RECIP(total[g * HS]);
+                    for (int j = 0; j < HS; j++) ib[g * HS + j] = x;
+                }
+                inv = LOADU(ib);
+            }
+#endif
+            VEC o = zero;
+            REAL *w = att + ((size_t)i * NH + h0) * T;
+            for (int t = 0; t < nk; t++) {
+                const VEC wv = LOADU(S + (size_t)t * NB) * inv;
+                for (int g = 0; g < G; g++) w[(size_t)g * T + t] = wv[g * HS];
+                o = o + wv * LOADU(v + (size_t)t * C + c0);
+            }
+            STOREU(out + (size_t)i * C + c0, o);
+        }
+    }
+}
+
+MG_HOT static void FN(attention_forward_lanes)(REAL *out, REAL *att, const REAL *q,
+                                               const REAL *k, const REAL *v, int N, int p0,
+                                               int C, int NH, int T, REAL scale) {
+    REAL S[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES];
+    switch (C / NH) {
+    case 1: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 1); break;
+    case 2: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 2); break;
+    case 4: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 4); break;
+    case 8: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 8); break;
+    default: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 16); break;
+    }
+}
+
+/* Backward of attention_forward_lanes with p0 = 0 (any fixed order:
+ * rounding-level; the per-head sums over channels are butterflies). */
+static inline __attribute__((always_inline)) void FN(att_bwd_lanes_body)(
+        REAL *dq, REAL *dk, REAL *dv, const REAL *dout, const REAL *att, const REAL *q,
+        const REAL *k, const REAL *v, int N, int C, int NH, int T, REAL scale,
+        REAL *W /* (N, NB) weights */, REAL *D /* (N, NB) dweights */, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;
+    const VEC zero = {0};
+    FN(ivec_t) glane;
+    for (int l = 0; l < NB; l++) glane[l] = l;
+    for (int i = 0; i < N; i++) {
+        for (int c0 = 0; c0 < C; c0 += NB) {
+            const int h0 = c0 / HS;
+            const REAL *w = att + ((size_t)i * NH + h0) * T;
+            const VEC dov = LOADU(dout + (size_t)i * C + c0);
+            const VEC qv = LOADU(q + (size_t)i * C + c0);
+            VEC dot = zero;
+            for (int t = 0; t <= i; t++) {
+                /* the weights, each head's over its lanes (broadcasts and
+                 * selects: no scalar stores read back as a vector) */
+                VEC wv = zero + w[t];
+                for (int g = 1; g < G; g++)
+                    wv = MG_ATT_SEL(glane >= g * HS, zero + w[(size_t)g * T + t], wv);
+                STOREU(W + (size_t)t * NB, wv);
+                VEC g = dov * LOADU(v + (size_t)t * C + c0);
+                FN(group_sum_tree)(&g, HS);
+                STOREU(D + (size_t)t * NB, g);
+                dot = dot + wv * g;
+                REAL *dvt = dv + (size_t)t * C + c0;
+                STOREU(dvt, LOADU(dvt) + wv * dov);
+            }
+            /* softmax: ds_t = w_t (dw_t - sum_u w_u dw_u) */
+            VEC gq = zero;
+            for (int t = 0; t <= i; t++) {
+                const VEC ds = LOADU(W + (size_t)t * NB) * (LOADU(D + (size_t)t * NB) - dot) * scale;
+                gq = gq + ds * LOADU(k + (size_t)t * C + c0);
+                REAL *dkt = dk + (size_t)t * C + c0;
+                STOREU(dkt, LOADU(dkt) + ds * qv);
+            }
+            REAL *dqi = dq + (size_t)i * C + c0;
+            STOREU(dqi, LOADU(dqi) + gq);
+        }
+    }
+}
+
+MG_HOT static void FN(attention_backward_lanes)(REAL *dq, REAL *dk, REAL *dv, const REAL *dout,
+                                                const REAL *att, const REAL *q, const REAL *k,
+                                                const REAL *v, int N, int C, int NH, int T,
+                                                REAL scale) {
+    REAL W[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES], D[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES];
+    switch (C / NH) {
+    case 1: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 1); break;
+    case 2: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 2); break;
+    case 4: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 4); break;
+    case 8: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 8); break;
+    default: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 16); break;
+    }
+}
+
 
 /* Causal multi-head attention.  Query i sits at position p0 + i and attends
  * keys/values at positions 0 .. p0 + i (k and v are indexed by position).
@@ -920,6 +1151,10 @@ void FN(attention_forward)(REAL *out,         /* (N, C) */
                            const REAL *k,     /* (p0 + N, C) */
                            const REAL *v,     /* (p0 + N, C) */
                            int N, int p0, int C, int NH, int T) {
+    if (FN(att_lanes_ok)(C, NH, p0 + N)) {
+        FN(attention_forward_lanes)(out, att, q, k, v, N, p0, C, NH, T, FN(att_scale)(C / NH));
+        return;
+    }
     if (p0 == 0 && FN(att_doc_fits)(N, C / NH)) {
         FN(attention_forward_doc)(out, att, q, k, v, N, C, NH, T,
                                   FN(att_scale)(C / NH));
@@ -983,6 +1218,11 @@ void FN(attention_backward)(REAL *dq,          /* (N, C) */
                             const REAL *k,     /* (N, C) */
                             const REAL *v,     /* (N, C) */
                             int N, int C, int NH, int T) {
+    if (FN(att_lanes_ok)(C, NH, N)) {
+        FN(attention_backward_lanes)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T,
+                                     FN(att_scale)(C / NH));
+        return;
+    }
     if (FN(att_doc_fits)(N, C / NH)) {
         (void)datt;
         FN(attention_backward_doc)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T,

@@ -433,6 +433,76 @@ def test_attention_inference_equals_training_rows(rng):
         np.testing.assert_array_equal(o1[0], out[i])
 
 
+# Attention takes one of three C paths by shape: lanes over channels (head
+# size HS divides the register's lane count L = 8 doubles / 16 floats, L
+# divides C, at most 64 keys), else lanes over queries (p0 = 0) or plain rows.
+# These shapes (N, p0, C, NH, T) cover HS in {1, 2, 4, 8, 16} and C in
+# {8, 16, 32, 64}, some on the channel-lane path in one dtype only (C = 8:
+# float64 only; HS = 16: float32 only), and the fallbacks: C = 24 (no L
+# divides it), more than 64 keys, KV-cache queries (p0 > 0).
+ATTENTION_PATH_SHAPES = [
+    (1, 0, 16, 16, 1), (7, 0, 16, 8, 9), (17, 0, 16, 4, 20), (5, 0, 16, 2, 5),
+    (9, 0, 16, 1, 12), (3, 0, 8, 8, 3), (12, 0, 8, 2, 12), (2, 0, 8, 1, 4),
+    (16, 0, 32, 4, 16), (11, 0, 32, 2, 13), (6, 0, 32, 16, 6), (13, 0, 64, 4, 14),
+    (4, 0, 64, 16, 4), (10, 0, 24, 6, 10), (8, 0, 24, 2, 8), (1, 9, 16, 4, 16),
+    (3, 5, 32, 8, 10), (2, 15, 8, 4, 17), (1, 70, 16, 4, 80), (66, 0, 16, 4, 66),
+]
+ATTENTION_PATH_CASES = [pytest.param(s, id="x".join(map(str, s))) for s in ATTENTION_PATH_SHAPES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", ATTENTION_PATH_CASES)
+def test_attention_paths_forward_match_reference(shape, dtype, rng):
+    """Every attention path == the reference; float64 to the last bit."""
+    op = Attention()
+    x = op.make(rng, shape, dtype)
+    got = op.forward(x)
+    ref = op.ref_forward(float_values(x), x)
+    for name in got:
+        if dtype == np.float64:
+            np.testing.assert_array_equal(got[name], values_data(ref[name]),
+                                          err_msg=f"attention {name} {shape}")
+        else:
+            assert_close_rel(got[name], values_data(ref[name]), F32_FWD_RTOL,
+                             what=f"attention {name} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [c for c in ATTENTION_PATH_CASES if c.values[0][1] == 0])
+def test_attention_paths_backward_match_reference_autograd(shape, dtype, rng):
+    """Every attention backward path == the reference's autograd, accumulating."""
+    op = Attention()
+    x = op.make(rng, shape, dtype)
+    fwd = op.forward(x)
+    dout = upstream(rng, op, fwd, dtype)
+    ref = reference_grads(op, x, dout)
+    base = {name: randn(rng, x[name].shape, dtype) for name in op.grad_inputs}
+    grads = {name: b.copy() for name, b in base.items()}
+    op.backward(x, fwd, dout, grads)
+    for name in op.grad_inputs:
+        assert_close_rel(grads[name] - base[name].astype(np.float64), ref[name],
+                         bwd_rtol(dtype), atol_scale=1.0 if dtype == np.float32 else None,
+                         what=f"attention d{name} {shape}")
+
+
+def test_attention_paths_are_deterministic(rng):
+    """The same inputs give the same bits on every call (fixed orders)."""
+    for shape in [(17, 0, 16, 4, 20), (9, 0, 16, 1, 12), (12, 0, 8, 2, 12)]:
+        for dtype in DTYPES:
+            op = Attention()
+            x = op.make(rng, shape, dtype)
+            f1, f2 = op.forward(x), op.forward(x)
+            dout = upstream(rng, op, f1, dtype)
+            g1 = {n: np.zeros_like(x[n]) for n in op.grad_inputs}
+            g2 = {n: np.zeros_like(x[n]) for n in op.grad_inputs}
+            op.backward(x, f1, dout, g1)
+            op.backward(x, f2, dout, g2)
+            for n in f1:
+                np.testing.assert_array_equal(f1[n], f2[n])
+            for n in g1:
+                np.testing.assert_array_equal(g1[n], g2[n])
+
+
 # ============================================================ 2. backward
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("op,shape", cases("backward"))
