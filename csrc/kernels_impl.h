@@ -1341,14 +1341,29 @@ MG_HOT static void FN(crossentropy_rows)(REAL *losses, REAL *probs, const REAL *
                 FN(vexp)(&e);
                 STOREU(p + i, e);
             }
-            if (i < V) {
+            VEC tot = {0};
+            for (int j = 0; j < i; j += NB) tot += LOADU(p + j);
+            if (i < V && V >= NB) {
+                /* the tail: the last full register of the row (overlapping the
+                 * previous one; the overlapped lanes are recomputed with the
+                 * same bits and left out of the sum), no scalar stores read
+                 * back as a vector */
+                VEC e = LOADU(z + V - NB) - maxv;
+                FN(vexp)(&e);
+                STOREU(p + V - NB, e);
+                FN(ivec_t) lane;
+                for (int l = 0; l < NB; l++) lane[l] = l;
+                const FN(ivec_t) fresh = lane >= (NB - (V - i));
+                tot += MG_VSEL(fresh, e, (VEC){0});
+            } else if (i < V) {
                 for (int l = 0; l < NB; l++) buf[l] = i + l < V ? z[i + l] - maxv : (REAL)-100;
                 VEC e = LOADU(buf);
                 FN(vexp)(&e);
                 STOREU(buf, e);
                 for (int l = 0; i + l < V; l++) p[i + l] = buf[l];
+                for (int l = 0; i + l < V; l++) total += buf[l];
             }
-            for (i = 0; i < V; i++) total += p[i];
+            for (int l = 0; l < NB; l++) total += tot[l];
         }
 #else
         for (int i = 0; i < V; i++) { p[i] = EXP(z[i] - maxv); total += p[i]; }
