@@ -427,7 +427,7 @@ MG_HOT static void FN(transpose_weight)(REAL *wT, const REAL *weight, int OC, in
 static inline __attribute__((always_inline)) void FN(mmT_tile)(REAL *out, const REAL *inp,
         const REAL *wT, int C, int OC, int OCp, int n, int o, const int RT, const int GV) {
     enum { NB = MG_LANES };
-    VEC acc[4][4];
+    VEC acc[8][4];   /* RT <= 8, GV <= 4, RT * GV <= 16 */
     for (int r = 0; r < RT; r++)
         for (int g = 0; g < GV; g++) acc[r][g] = (VEC){0};
     const REAL *x = inp + (size_t)n * C;
@@ -467,7 +467,8 @@ MG_HOT static void FN(matmul_forward_T_rows)(REAL *out, const REAL *inp, const R
         case 2: for (; n + 4 <= n1; n += 4) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 4, 2);
                 for (; n < n1; n++) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 1, 2);
                 break;
-        default: for (; n + 4 <= n1; n += 4) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 4, 1);
+        default: for (; n + 8 <= n1; n += 8) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 8, 1);
+                for (; n + 4 <= n1; n += 4) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 4, 1);
                 for (; n < n1; n++) FN(mmT_tile)(out, inp, wT, C, OC, OCp, n, o, 1, 1);
                 break;
         }
@@ -492,7 +493,7 @@ static void FN(matmul_forward_T)(REAL *out, const REAL *inp, const REAL *wT,
 static inline __attribute__((always_inline)) void FN(dinp_tile)(REAL *dinp, const REAL *dout,
         const REAL *weight, int C, int OC, int n, int i, const int RT, const int IV) {
     enum { NB = MG_LANES };
-    VEC acc[4][4];
+    VEC acc[8][4];   /* RT <= 8, IV <= 4, RT * IV <= 16 */
     for (int r = 0; r < RT; r++)
         for (int v = 0; v < IV; v++) acc[r][v] = LOADU(dinp + (size_t)(n + r) * C + i + v * NB);
     const REAL *g = dout + (size_t)n * OC;
@@ -513,6 +514,10 @@ static inline __attribute__((always_inline)) void FN(dinp_rows)(REAL *dinp, cons
         const REAL *weight, int C, int OC, int n, const int RT) {
     enum { NB = MG_LANES };
     int i = 0;
+    if (RT == 8) {   /* (only used when the columns are one register) */
+        FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 1);
+        return;
+    }
     if (RT >= 3) {
         for (; i + 2 * NB <= C; i += 2 * NB) FN(dinp_tile)(dinp, dout, weight, C, OC, n, i, RT, 2);
     } else {
@@ -531,6 +536,8 @@ static inline __attribute__((always_inline)) void FN(dinp_rows)(REAL *dinp, cons
 MG_HOT static void FN(matmul_backward_dinp)(REAL *dinp, const REAL *dout, const REAL *weight,
                                             int C, int OC, int n0, int n1) {
     int n = n0;
+    if (C == MG_LANES)  /* one register of columns: eight rows at a time */
+        for (; n + 8 <= n1; n += 8) FN(dinp_rows)(dinp, dout, weight, C, OC, n, 8);
     for (; n + 4 <= n1; n += 4) FN(dinp_rows)(dinp, dout, weight, C, OC, n, 4);
     switch (n1 - n) {
     case 3: FN(dinp_rows)(dinp, dout, weight, C, OC, n, 3); break;
