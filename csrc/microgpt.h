@@ -165,6 +165,33 @@ int mg_infer_logits(mg_model *model, int token, int pos, double *logits);
 /* probs = softmax(logits * temperature^-1), computed as the SPEC does. */
 int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature);
 
+/* The state of a Mersenne Twister MT19937, laid out as CPython's
+ * random.Random keeps it (getstate()[1]: 624 words, then the index). */
+typedef struct {
+    uint32_t mt[624];
+    int index;       /* 0 .. 624; 624: the next draw regenerates the words */
+} mg_mt19937;
+
+/* random.Random.random() of that state: 53 random bits in [0, 1). */
+double mg_mt_random(mg_mt19937 *rng);
+
+/* The SPEC's sampling loop (section 6) in C, with CPython's random stream:
+ * for each of num_samples samples, an empty KV cache and token = bos; the
+ * n_prefix tokens of prefix (may be NULL if 0) are fed first without draws;
+ * then for each remaining position, probs = softmax(logits * temperature^-1)
+ * (mg_softmax_temperature), all but the top_k largest logits' probabilities
+ * zeroed if 0 < top_k < V (ties: lower token id first), and the token drawn
+ * as rng.choices(range(V), weights=probs)[0] draws it (cumulative sums left
+ * to right, bisect_right(cum, random() * total) over [0, V-1)); stop at bos.
+ * tokens (num_samples, T) receives each sample's drawn tokens (the prefix
+ * not included), lens (num_samples) their counts.  The state advances exactly
+ * as CPython's would.  MG_ERR_NONFINITE: a total of weights was not finite
+ * or not > 0 (where Python raises ValueError); *done says how many samples
+ * completed. */
+int mg_sample(mg_model *model, mg_mt19937 *rng, double temperature, int top_k,
+              const int32_t *prefix, int n_prefix, int bos, int num_samples,
+              int32_t *tokens, int32_t *lens, int *done);
+
 /* ---- threads ------------------------------------------------------------- */
 int mg_openmp_enabled(void);
 int mg_get_max_threads(void);
@@ -231,6 +258,12 @@ int mg_backward_adam_f32(mg_model *model, double lr_t, double beta1, double beta
                          double eps, long t);
 int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
 int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
+/* The same from transposed weights built once by mg_infer_prepare_* (for a
+ * sampling run: the parameters must not change in between); same results. */
+void mg_infer_prepare_f64(mg_model *model);
+void mg_infer_prepare_f32(mg_model *model);
+int mg_infer_logits_T_f64(mg_model *model, int token, int pos, double *logits);
+int mg_infer_logits_T_f32(mg_model *model, int token, int pos, double *logits);
 
 #ifdef __cplusplus
 }

@@ -386,7 +386,10 @@ static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
     return MG_OK;
 }
 
-int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
+/* One token of inference; use_T: with the transposed weights (which must be
+ * current: mg_infer_prepare), the lanes over output channels are all busy
+ * for a single token; the same sums either way. */
+static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int use_T) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
     REAL *acts = (REAL *)M->acts;
@@ -395,9 +398,22 @@ int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
     M->inputs[0] = token;
     M->positions[0] = pos;
     REAL *x = FN(embed_forward)(M, 1);
-    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache, 0);
+    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
     REAL *z = acts + A->logits;
-    FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
+    if (use_T) FN(matmul_forward_T)(z, x, FN(wT_lm)(M), 1, C, V, FN(padT)(V));
+    else FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
     for (int i = 0; i < V; i++) logits[i] = (double)z[i];
     return MG_OK;
+}
+
+int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
+    return FN(infer_logits)(M, token, pos, logits, 0);
+}
+
+/* Build the transposed weights for a run of mg_infer_logits_T calls (the
+ * parameters must not change in between). */
+void FN(mg_infer_prepare)(mg_model *M) { FN(build_wT)(M); }
+
+int FN(mg_infer_logits_T)(mg_model *M, int token, int pos, double *logits) {
+    return FN(infer_logits)(M, token, pos, logits, 1);
 }

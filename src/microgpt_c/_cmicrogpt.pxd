@@ -1,5 +1,5 @@
 # Declarations of the C core (csrc/microgpt.h) for Cython.
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t
 
 cdef extern from "microgpt.h" nogil:
     ctypedef enum mg_status:
@@ -61,6 +61,13 @@ cdef extern from "microgpt.h" nogil:
                        double *losses, double *lrs, long *steps_done)
     int mg_infer_logits(mg_model *model, int token, int pos, double *logits)
     int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature)
+    ctypedef struct mg_mt19937:
+        uint32_t mt[624]
+        int index
+    double mg_mt_random(mg_mt19937 *rng)
+    int mg_sample(mg_model *model, mg_mt19937 *rng, double temperature, int top_k,
+                  const int32_t *prefix, int n_prefix, int bos, int num_samples,
+                  int32_t *tokens, int32_t *lens, int *done)
 
     int mg_openmp_enabled()
     int mg_get_max_threads()

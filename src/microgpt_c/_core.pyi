@@ -1,6 +1,6 @@
 """Type stubs for the Cython module microgpt_c._core (see _core.pyx)."""
 import random
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,9 @@ class GPT:
                     lr: float = 0.01, beta1: float = 0.85, beta2: float = 0.99,
                     eps: float = 1e-8) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
     def logits(self, token: int, pos: int) -> npt.NDArray[np.float64]: ...
+    def sample_tokens(self, rng_state: Tuple[Any, ...], temperature: float, top_k: int,
+                      prefix: Sequence[int], bos: int,
+                      num_samples: int) -> Tuple[List[List[int]], Tuple[Any, ...]]: ...
 
 def softmax_temperature(logits: Union[Sequence[float], npt.NDArray[np.floating]],
                         temperature: float = 1.0) -> npt.NDArray[np.float64]: ...

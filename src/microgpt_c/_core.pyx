@@ -453,6 +453,42 @@ cdef class GPT:
         check(rc, "inference")
         return out
 
+    def sample_tokens(self, rng_state, double temperature, int top_k, prefix, int bos,
+                      int num_samples):
+        """The SPEC's sampling loop in C (see ``mg_sample`` in microgpt.h) with
+        CPython's random stream.  ``rng_state`` is ``random.Random.getstate()``;
+        returns ``(samples, state)``: the drawn token ids of each sample (the
+        prefix not included) and the state the stream is left in, for
+        ``setstate``.  ``top_k`` 0 keeps every token.  Raises what the C status
+        says (``NonFiniteLossError`` for a non-finite or zero total weight)."""
+        cdef mg_mt19937 st
+        cdef int rc, done = 0, n_prefix, i
+        version, internal, gauss = rng_state
+        if len(internal) != 625:
+            raise ValueError("rng_state is not a random.Random state (625 words expected)")
+        for i in range(624):
+            st.mt[i] = internal[i]
+        st.index = internal[624]
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        pre = np.ascontiguousarray(np.asarray(list(prefix), dtype=np.int64).astype(np.int32))
+        n_prefix = pre.shape[0]
+        cdef int32_t[::1] pv = pre if n_prefix > 0 else np.zeros(1, dtype=np.int32)
+        toks = np.zeros((max(num_samples, 1), self.block_size), dtype=np.int32)
+        lens = np.zeros(max(num_samples, 1), dtype=np.int32)
+        cdef int32_t[:, ::1] tv = toks
+        cdef int32_t[::1] lv = lens
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_sample(self._m, &st, temperature, top_k, &pv[0], n_prefix, bos,
+                               num_samples, &tv[0, 0], &lv[0], &done)
+        finally:
+            self._busy = False
+        check(rc, "sampling")
+        state = (version, tuple(int(st.mt[i]) for i in range(624)) + (int(st.index),), gauss)
+        return [toks[s, :lens[s]].tolist() for s in range(num_samples)], state
+
 
 def softmax_temperature(logits, double temperature=1.0):
     """``softmax(logits * temperature**-1)`` in float64, computed as the SPEC does."""

@@ -275,10 +275,14 @@ def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_s
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ConfigError(f"top-k must be a positive integer, got {top_k!r}")
     ids = check_prefix(prefix, tokenizer, model.block_size)
-    softmax = softmax_for(model)
     V = tokenizer.vocab_size
-    population = range(V)
     use_top_k = top_k is not None and top_k < V
+    fast = _sample_in_c(model, tokenizer, rng, num_samples, float(temperature),
+                        top_k if use_top_k else 0, prefix, ids)
+    if fast is not None:
+        return fast
+    softmax = softmax_for(model)
+    population = range(V)
     samples = []
     for _ in range(num_samples):
         token, out = tokenizer.bos, list(prefix)
@@ -299,6 +303,28 @@ def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_s
             out.append(tokenizer.uchars[token])
         samples.append("".join(out))
     return samples
+
+
+def _sample_in_c(model, tokenizer, rng, num_samples, temperature, top_k, prefix, ids):
+    """sample_names' loop run by the C core (``GPT.sample_tokens``): the same
+    names and the same random stream afterwards as the Python loop, for a
+    plain ``random.Random`` (whose state the C code steps as CPython does).
+    None (the caller runs the Python loop) for any other generator or backend,
+    and on any error, with the stream restored, so that the Python loop
+    raises exactly what it always has."""
+    if type(rng) is not random.Random or not hasattr(model, "sample_tokens") \
+            or getattr(model, "backend", "c") == "reference":
+        return None
+    state = rng.getstate()
+    try:
+        drawn, after = model.sample_tokens(state, temperature, top_k, ids, tokenizer.bos,
+                                           num_samples)
+    except (MicrogptError, ValueError, TypeError, OverflowError):
+        rng.setstate(state)
+        return None
+    rng.setstate(after)
+    chars = tokenizer.uchars
+    return [prefix + "".join(chars[t] for t in d) for d in drawn]
 
 
 def check_prefix(prefix: str, tokenizer: data_mod.Tokenizer, block_size: int) -> List[int]:
