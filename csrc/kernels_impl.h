@@ -1049,7 +1049,7 @@ static inline __attribute__((always_inline)) void FN(att_fwd_lanes_body)(
             inv = (REAL)1 / total;
 #else
             {
-                REAL ib[NB];
+                REAL ib[NB] = {0};   /* (every lane is set below; this quiets -Wmaybe-uninitialized) */
                 for (int g = 0; g < G; g++) {
                     const REAL x = RECIP(total[g * HS]);
                     for (int j = 0; j < HS; j++) ib[g * HS + j] = x;
