@@ -283,3 +283,28 @@ def test_report_renders(tmp_path):
     pytest.importorskip("matplotlib")
     run.write_chart(results, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+def test_report_names_the_floor_of_a_goal_below_it(tmp_path):
+    """A missed goal below the measured floor says so; the floors table renders."""
+    run = load_run_module()
+    results = fake_results()
+    for r in results["rows"]:
+        if r["impl"] == "microgpt_c" and r["size"] == "64/64 1L":
+            r["us_step"] = 100.0 * r["batch"]
+    results["bound"] = {"ghz": 3.5, "peak": {"float64": 8.0, "float32": 16.0}}
+    results["floors"] = {f"{s.label}|{dt}": {"params": 1000, "adam_us": 30.0,
+                                              "macs_per_name": 1e5,
+                                              "matmul_us_per_name": 10.0}
+                         for s in B.SIZES for dt in B.DTYPES}
+    targets = {name: verdict for name, _, _, verdict in run.evaluate_targets(results)}
+    # 64/64 1L float32: 100 us > 28 us goal, floor 10 + 30 = 40 us > 28 us
+    assert targets["64/64 1 layer, float32"].startswith("miss: the goal is below")
+    assert "40 µs/step" in targets["64/64 1 layer, float32"]
+    # 16/16 float64: 3 us, a pass whatever the floor
+    assert targets["16/16, 1 name/step, float64"] == "pass"
+    out = tmp_path / "REPORT.md"
+    run.write_report(results, out, tmp_path / "report.png", 1.0, "quick")
+    text = out.read_text(encoding="utf-8")
+    assert "### What bounds the targets" in text
+    assert "| 64/64 1L float32 | 1,000 | 30 | 100,000 | 10 | 40 | 10.9 (B=32) |" in text
