@@ -170,19 +170,6 @@ void FN(rmsnorm_forward)(REAL *out,           /* (N, C) */
     FN(rmsnorm_forward_rows)(out, scale, inp, 0, N, C, inv_c);
 }
 
-MG_HOT static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
-                                    int C, REAL inv_c) {
-    for (int n = n0; n < n1; n++) {
-        const REAL *x = inp + (size_t)n * C;
-        REAL *o = out + (size_t)n * C;
-        REAL ss = 0;
-        for (int i = 0; i < C; i++) ss += x[i] * x[i];
-        REAL s = RSQRT(ss * inv_c + (REAL)1e-5);
-        scale[n] = s;
-        for (int i = 0; i < C; i++) o[i] = x[i] * s;
-    }
-}
-
 MG_HOT static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
                                      const REAL *scale, int n0, int n1, int C, REAL inv_c);
 
@@ -203,21 +190,7 @@ void FN(rmsnorm_backward)(REAL *dinp,          /* (N, C) */
     FN(rmsnorm_backward_rows)(dinp, dout, inp, scale, 0, N, C, inv_c);
 }
 
-MG_HOT static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
-                                     const REAL *scale, int n0, int n1, int C, REAL inv_c) {
-    for (int n = n0; n < n1; n++) {
-        const REAL *x = inp + (size_t)n * C;
-        const REAL *d = dout + (size_t)n * C;
-        REAL *dx = dinp + (size_t)n * C;
-        const REAL s = scale[n];
-        REAL dscale = 0;
-        for (int i = 0; i < C; i++) dscale += d[i] * x[i];
-        /* d scale / d ms = -0.5 (ms + eps)^-1.5 = -0.5 s^3 ; d ms / d x_i = 2 x_i / C */
-        const REAL dms = (REAL)-0.5 * (s * s * s) * dscale;
-        const REAL dsq = dms * inv_c;
-        for (int i = 0; i < C; i++) dx[i] += d[i] * s + (x[i] * dsq + x[i] * dsq);
-    }
-}
+/* (the row loops are below the vector helpers, see rmsnorm_forward_rows) */
 
 /* ---------------------------------------------------------------- matmul */
 /* out[n][o] = sum_i weight[o][i] * inp[n][i]   (no bias)
@@ -1002,6 +975,66 @@ static inline __attribute__((always_inline)) void FN(group_sum_tree)(VEC *xp, co
     if (HS > 2) FN(xor_add)(xp, 2);
     if (HS > 4) FN(xor_add)(xp, 4);
     if (HS > 8) FN(xor_add)(xp, 8);
+}
+
+/* ------------------------------------------------- RMSNorm row loops */
+/* Float64: each row's sums in the SPEC's order (sequential), so the forward
+ * is bit-identical to the reference.  Float32 (no bit-parity requirement),
+ * when C is a multiple of the register: the sums as vector partial sums and
+ * a butterfly, the row update as whole registers. */
+MG_HOT static void FN(rmsnorm_forward_rows)(REAL *out, REAL *scale, const REAL *inp, int n0, int n1,
+                                    int C, REAL inv_c) {
+#ifdef MG_FAST_RECIP
+    if (C % MG_LANES == 0) {
+        for (int n = n0; n < n1; n++) {
+            const REAL *x = inp + (size_t)n * C;
+            REAL *o = out + (size_t)n * C;
+            VEC acc = {0};
+            for (int i = 0; i < C; i += MG_LANES) {
+                const VEC xv = LOADU(x + i);
+                acc += xv * xv;
+            }
+            FN(group_sum_tree)(&acc, MG_LANES);
+            const REAL sc = RSQRT(acc[0] * inv_c + (REAL)1e-5);
+            scale[n] = sc;
+            for (int i = 0; i < C; i += MG_LANES) STOREU(o + i, LOADU(x + i) * sc);
+        }
+        return;
+    }
+#endif
+    for (int n = n0; n < n1; n++) {
+        const REAL *x = inp + (size_t)n * C;
+        REAL *o = out + (size_t)n * C;
+        REAL ss = 0;
+        for (int i = 0; i < C; i++) ss += x[i] * x[i];
+        REAL s = RSQRT(ss * inv_c + (REAL)1e-5);
+        scale[n] = s;
+        for (int i = 0; i < C; i++) o[i] = x[i] * s;
+    }
+}
+
+MG_HOT static void FN(rmsnorm_backward_rows)(REAL *dinp, const REAL *dout, const REAL *inp,
+                                     const REAL *scale, int n0, int n1, int C, REAL inv_c) {
+    for (int n = n0; n < n1; n++) {
+        const REAL *x = inp + (size_t)n * C;
+        const REAL *d = dout + (size_t)n * C;
+        REAL *dx = dinp + (size_t)n * C;
+        const REAL s = scale[n];
+        REAL dscale = 0;
+#ifdef MG_FAST_RECIP
+        if (C % MG_LANES == 0) {
+            VEC acc = {0};
+            for (int i = 0; i < C; i += MG_LANES) acc += LOADU(d + i) * LOADU(x + i);
+            FN(group_sum_tree)(&acc, MG_LANES);
+            dscale = acc[0];
+        } else
+#endif
+        for (int i = 0; i < C; i++) dscale += d[i] * x[i];
+        /* d scale / d ms = -0.5 (ms + eps)^-1.5 = -0.5 s^3 ; d ms / d x_i = 2 x_i / C */
+        const REAL dms = (REAL)-0.5 * (s * s * s) * dscale;
+        const REAL dsq = dms * inv_c;
+        for (int i = 0; i < C; i++) dx[i] += d[i] * s + (x[i] * dsq + x[i] * dsq);
+    }
 }
 
 /* Query rows 0 .. N-1 at positions p0 + i, keys 0 .. p0 + i; HS a constant. */
