@@ -1061,6 +1061,32 @@ static inline __attribute__((always_inline)) void FN(att_fwd_lanes_body)(
                 M = t == 0 ? s : MG_ATT_SEL(s > M, s, M);
             }
             VEC total = zero;
+#ifdef MG_FAST_RECIP
+            if (HS > 1) {
+                /* a register holds each head's score HS times: exponentiate HS
+                 * keys' scores in one register (lane j of each head group from
+                 * key t0 + j), then spread them back; vexp is lane-wise, so
+                 * every weight has the bits it had one key per register */
+                FN(ivec_t) lane;
+                for (int l = 0; l < NB; l++) lane[l] = l;
+                for (int t0 = 0; t0 < nk; t0 += HS) {
+                    VEC pk = LOADU(S + (size_t)t0 * NB);
+                    for (int j = 1; j < HS; j++) {
+                        const VEC sj = t0 + j < nk ? LOADU(S + (size_t)(t0 + j) * NB) : M;
+                        pk = MG_ATT_SEL(lane % HS == j, sj, pk);
+                    }
+                    pk = pk - M;
+                    FN(vexp)(&pk);
+                    for (int j = 0; j < HS && t0 + j < nk; j++) {
+                        FN(ivec_t) idx;
+                        for (int l = 0; l < NB; l++) idx[l] = l / HS * HS + j;
+                        const VEC e = __builtin_shuffle(pk, idx);
+                        STOREU(S + (size_t)(t0 + j) * NB, e);
+                        total = total + e;
+                    }
+                }
+            } else
+#endif
             for (int t = 0; t < nk; t++) {
                 VEC e = LOADU(S + (size_t)t * NB) - M;
 #ifdef MG_FAST_RECIP
