@@ -98,6 +98,9 @@ typedef struct mg_model {
     int32_t *positions;      /* (max_tokens) position of each token in its document */
     int32_t *doc_lens;       /* (max_tokens) */
     size_t *doc_offsets;     /* (max_tokens + 1) first token of each document */
+    double *doc_loss;        /* (max_tokens) each document's mean token loss */
+    double *piece_max;       /* (MG_MAX_PIECES, 2 (1 + 6L) + 1) per-piece maxima of the
+                              * backward (the fused Adam's finiteness check) */
     int n_tokens, n_docs;
     int total_docs;          /* the loss is (sum of document losses) / total_docs */
     int have_forward;        /* a training forward is saved for backward */
@@ -106,7 +109,14 @@ typedef struct mg_model {
      * (rebuilt from params by every forward; see model_impl.h) */
     void *wT;
     size_t wT_layer;         /* elements of one layer's transposed weights */
+    int wT_valid;            /* wT matches params (set only by a fused training
+                              * step inside mg_train_steps, which trusts it for
+                              * its next step; every other call clears it) */
 } mg_model;
+
+/* A batched step runs its documents in at most this many pieces (a number
+ * that depends only on the batch, never on the thread count). */
+#define MG_MAX_PIECES 8
 
 /* ---- lifecycle ---------------------------------------------------------- */
 const char *mg_status_string(int status);
@@ -224,6 +234,14 @@ int mg_backward_adam_f64(mg_model *model, double lr_t, double beta1, double beta
                          double eps, long t);
 int mg_backward_adam_f32(mg_model *model, double lr_t, double beta1, double beta2,
                          double eps, long t);
+/* Forward and backward of the saved batch in one pass (one parallel region):
+ * with adam != 0 as mg_forward + mg_backward_adam (same returns), else as
+ * mg_forward + mg_backward.  MG_ERR_NONFINITE: the loss is not finite (no
+ * backward done). */
+int mg_forward_backward_f64(mg_model *model, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t);
+int mg_forward_backward_f32(mg_model *model, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t);
 int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
 int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
 

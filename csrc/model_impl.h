@@ -115,26 +115,34 @@ static void FN(attention_docs_backward)(const mg_model *M, const FN(layer_acts_t
     }
 }
 
-/* The transformer blocks on N tokens whose layer input is `x` (N, C).
+/* Every per-token activation row is computed by the same operations whatever
+ * rows a kernel call covers (matmul outputs are sequential sums per element,
+ * norms and softmaxes per row, attention per document), so running the batch
+ * in pieces of documents gives exactly the values of one whole-batch call. */
+
+/* The transformer blocks on the n token rows r0 .. r0+n-1 (documents
+ * d0 .. d1-1) whose layer input is x (the whole (N, C) buffer).
  * Training (kc == NULL): attention per document with p0 = 0.
- * Inference (kc != NULL, N == 1): k, v are appended to the cache at `pos`
- * and the query attends the cache.  Returns the final block output. */
-static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, REAL *vc,
-                                int use_T) {
+ * Inference (kc != NULL, n == 1, r0 == 0): k, v are appended to the cache
+ * at `pos` and the query attends the cache.  Returns the final block output
+ * (the whole buffer). */
+static REAL *FN(blocks_forward)(mg_model *M, REAL *x, size_t r0, int n, int d0, int d1, int pos,
+                                REAL *kc, REAL *vc, int use_T) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
+    const size_t rC = r0 * (size_t)C, r4C = 4 * rC;
     for (int l = 0; l < M->cfg.n_layer; l++) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, (REAL *)M->acts, l);
         const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
-        FN(rmsnorm_forward)(a.ln1, a.ln1s, x, N, C);
+        FN(rmsnorm_forward)(a.ln1 + rC, a.ln1s + r0, x + rC, n, C);
         if (!use_T) {
-            FN(matmul_forward)(a.q, a.ln1, w.wq, N, C, C);
-            FN(matmul_forward)(a.k, a.ln1, w.wk, N, C, C);
-            FN(matmul_forward)(a.v, a.ln1, w.wv, N, C, C);
+            FN(matmul_forward)(a.q + rC, a.ln1 + rC, w.wq, n, C, C);
+            FN(matmul_forward)(a.k + rC, a.ln1 + rC, w.wk, n, C, C);
+            FN(matmul_forward)(a.v + rC, a.ln1 + rC, w.wv, n, C, C);
         } else {
-            FN(matmul_forward_T)(a.q, a.ln1, FN(wT_layer)(M, l, MG_WQ), N, C, C, Cp);
-            FN(matmul_forward_T)(a.k, a.ln1, FN(wT_layer)(M, l, MG_WK), N, C, C, Cp);
-            FN(matmul_forward_T)(a.v, a.ln1, FN(wT_layer)(M, l, MG_WV), N, C, C, Cp);
+            FN(matmul_forward_T)(a.q + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WQ), n, C, C, Cp);
+            FN(matmul_forward_T)(a.k + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WK), n, C, C, Cp);
+            FN(matmul_forward_T)(a.v + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WV), n, C, C, Cp);
         }
         if (kc != NULL) {
             REAL *kl = kc + (size_t)l * T * C, *vl = vc + (size_t)l * T * C;
@@ -143,88 +151,91 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, 
             FN(attention_forward)(a.atty, a.att, a.q, kl, vl, 1, pos, C, NH, T);
         } else {
             /* documents are independent: one thread per document when the
-             * batch is large (each writes only its own rows) */
-            const int nd = M->n_docs;
-            if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+             * batch is large and no team is running (each writes only its
+             * own rows) */
+            if (MG_USE_THREADS((size_t)n * T * C, d1 - d0)) {
                 MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-                for (int d = 0; d < nd; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
+                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
             } else {
-                FN(attention_docs_forward)(M, &a, 0, nd);
+                FN(attention_docs_forward)(M, &a, d0, d1);
             }
         }
-        if (!use_T) FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
-        else FN(matmul_forward_T)(a.attproj, a.atty, FN(wT_layer)(M, l, MG_WO), N, C, C, Cp);
-        FN(residual_forward)(a.res2, a.attproj, x, (size_t)N * C);
-        FN(rmsnorm_forward)(a.ln2, a.ln2s, a.res2, N, C);
-        if (!use_T) FN(matmul_forward)(a.fch, a.ln2, w.fc1, N, C, 4 * C);
-        else FN(matmul_forward_T)(a.fch, a.ln2, FN(wT_layer)(M, l, MG_FC1), N, C, 4 * C, C4p);
-        FN(relu_forward)(a.fchr, a.fch, (size_t)N * 4 * C);
-        if (!use_T) FN(matmul_forward)(a.fcproj, a.fchr, w.fc2, N, 4 * C, C);
-        else FN(matmul_forward_T)(a.fcproj, a.fchr, FN(wT_layer)(M, l, MG_FC2), N, 4 * C, C, Cp);
-        FN(residual_forward)(a.res3, a.fcproj, a.res2, (size_t)N * C);
+        if (!use_T) FN(matmul_forward)(a.attproj + rC, a.atty + rC, w.wo, n, C, C);
+        else FN(matmul_forward_T)(a.attproj + rC, a.atty + rC, FN(wT_layer)(M, l, MG_WO), n, C, C, Cp);
+        FN(residual_forward)(a.res2 + rC, a.attproj + rC, x + rC, (size_t)n * C);
+        FN(rmsnorm_forward)(a.ln2 + rC, a.ln2s + r0, a.res2 + rC, n, C);
+        if (!use_T) FN(matmul_forward)(a.fch + r4C, a.ln2 + rC, w.fc1, n, C, 4 * C);
+        else FN(matmul_forward_T)(a.fch + r4C, a.ln2 + rC, FN(wT_layer)(M, l, MG_FC1), n, C, 4 * C, C4p);
+        FN(relu_forward)(a.fchr + r4C, a.fch + r4C, (size_t)n * 4 * C);
+        if (!use_T) FN(matmul_forward)(a.fcproj + rC, a.fchr + r4C, w.fc2, n, 4 * C, C);
+        else FN(matmul_forward_T)(a.fcproj + rC, a.fchr + r4C, FN(wT_layer)(M, l, MG_FC2), n, 4 * C, C, Cp);
+        FN(residual_forward)(a.res3 + rC, a.fcproj + rC, a.res2 + rC, (size_t)n * C);
         x = a.res3;
     }
     return x;
 }
 
-/* Embedding and first RMSNorm of the saved batch; returns x0. */
-static REAL *FN(embed_forward)(mg_model *M, int N) {
+/* Embedding and first RMSNorm of rows r0 .. r0+n-1 of the saved batch;
+ * returns x0 (the whole buffer). */
+static REAL *FN(embed_forward)(mg_model *M, size_t r0, int n) {
     const mg_act_layout *A = &M->acts_layout;
+    const size_t rC = r0 * (size_t)M->cfg.n_embd;
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    FN(encoder_forward)(acts + A->emb, M->inputs, M->positions, g.wte, g.wpe, N, M->cfg.n_embd);
-    FN(rmsnorm_forward)(acts + A->x0, acts + A->x0s, acts + A->emb, N, M->cfg.n_embd);
+    FN(encoder_forward)(acts + A->emb + rC, M->inputs + r0, M->positions + r0, g.wte, g.wpe, n,
+                        M->cfg.n_embd);
+    FN(rmsnorm_forward)(acts + A->x0 + rC, acts + A->x0s + r0, acts + A->emb + rC, n,
+                        M->cfg.n_embd);
     return acts + A->x0;
 }
 
-int FN(mg_forward)(mg_model *M, double *loss) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
+/* Transposed weights (one transposing pass over them per forward) or the
+ * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per block
+ * and per-call copies): measured, the transposed weights win for batches of
+ * more than one register of tokens and for small models; a single short
+ * document in a wide model is faster token-lane.  Decided per batch (never
+ * per piece of it).  Inference (one token at a time) always uses the
+ * token-lane kernel. */
+static int FN(use_wT)(const mg_model *M) { return M->n_tokens > MG_LANES || M->cfg.n_embd < 64; }
+
+/* Forward of documents d0 .. d1-1: their activation rows, per-token losses,
+ * the loss weights (dlosses) and each document's mean token loss in
+ * doc_loss[d]. */
+static void FN(forward_docs)(mg_model *M, int d0, int d1, int use_T) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
+    const size_t r0 = M->doc_offsets[d0];
+    const int n = (int)(M->doc_offsets[d1] - r0);
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    /* Transposed weights (one transposing pass over them per forward) or the
-     * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per
-     * block and per-call copies): measured, the transposed weights win for
-     * batches of more than one register of tokens and for small models;
-     * a single short document in a wide model is faster token-lane.
-     * Inference (one token at a time) always uses the token-lane kernel. */
-    const int use_T = N > MG_LANES || C < 64;
-    if (use_T) FN(build_wT)(M);
-    REAL *x = FN(embed_forward)(M, N);
-    x = FN(blocks_forward)(M, x, N, 0, NULL, NULL, use_T);
+    REAL *x = FN(embed_forward)(M, r0, n);
+    x = FN(blocks_forward)(M, x, r0, n, d0, d1, 0, NULL, NULL, use_T);
     REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
-    if (use_T) FN(matmul_forward_T)(acts + A->logits, x, FN(wT_lm)(M), N, C, V, FN(padT)(V));
-    else FN(matmul_forward)(acts + A->logits, x, g.lm_head, N, C, V);
-    FN(crossentropy_softmax_forward)(losses, acts + A->probs, acts + A->logits,
-                                     M->targets, N, V);
-    /* mean over each document's positions, then mean over the documents */
+    REAL *logits = acts + A->logits + r0 * V;
+    if (use_T) FN(matmul_forward_T)(logits, x + r0 * C, FN(wT_lm)(M), n, C, V, FN(padT)(V));
+    else FN(matmul_forward)(logits, x + r0 * C, g.lm_head, n, C, V);
+    FN(crossentropy_softmax_forward)(losses + r0, acts + A->probs + r0 * V, logits,
+                                     M->targets + r0, n, V);
+    /* mean over each document's positions (the mean over documents is
+     * taken by the caller, in document order) */
     const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
-    REAL batch = 0;
-    for (int d = 0; d < M->n_docs; d++) {
-        const int n = M->doc_lens[d];
+    for (int d = d0; d < d1; d++) {
+        const int nd = M->doc_lens[d];
         const size_t off = M->doc_offsets[d];
-        const REAL inv_n = (REAL)1 / (REAL)n;
+        const REAL inv_n = (REAL)1 / (REAL)nd;
         REAL s = 0;
-        for (int t = 0; t < n; t++) s += losses[off + t];
-        batch += s * inv_n;
-        for (int t = 0; t < n; t++) dlosses[off + t] = inv_n * inv_docs;
+        for (int t = 0; t < nd; t++) s += losses[off + t];
+        M->doc_loss[d] = (double)(s * inv_n);  /* exact: a REAL in a double */
+        for (int t = 0; t < nd; t++) dlosses[off + t] = inv_n * inv_docs;
     }
-    const REAL result = batch * inv_docs;
-    *loss = (double)result;
-    if (!isfinite(result)) { M->have_forward = 0; return MG_ERR_NONFINITE; }
-    M->have_forward = 1;
-    return MG_OK;
 }
 
-/* matmul_backward of a weight tensor of the model: into the gradients, or
- * (adam != NULL) only dinp now; the weight's update is applied after the
- * whole backward (see weight_job). */
-static void FN(model_matmul_backward)(mg_model *M, REAL *dinp, REAL *dweight, const REAL *dout,
-                                      const REAL *inp, REAL *weight, int N, int C, int OC,
-                                      const FN(adam_ctx_t) *adam) {
-    (void)M;
-    FN(matmul_backward_dinp_all)(dinp, dout, weight, N, C, OC);
-    if (adam == NULL) FN(matmul_backward_dweight_all)(dweight, dout, inp, weight, N, C, OC, NULL);
+/* The batch loss from doc_loss, summed in document order. */
+static REAL FN(batch_loss)(const mg_model *M) {
+    const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
+    REAL batch = 0;
+    for (int d = 0; d < M->n_docs; d++) batch += (REAL)M->doc_loss[d];
+    return batch * inv_docs;
 }
 
 /* Weight-gradient job j of the saved backward (j = 0: lm_head; 1 + 6l + k:
@@ -261,129 +272,318 @@ static FN(wjob_t) FN(weight_job)(mg_model *M, int j) {
     return J;
 }
 
-static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam);
-
-int FN(mg_backward)(mg_model *M) { return FN(backward_impl)(M, NULL); }
-
-/* Backward fused with the Adam step (the training loop, with all gradients
- * zero on entry).  The activation gradients first; then, if every weight
- * gradient is certainly finite (finite inputs with N max|dout| max|inp| far
- * below the overflow threshold), each weight matrix's gradient goes straight
- * into its Adam update without being stored (wte and wpe go through the
- * gradient buffer, zeroed again): the same values as mg_backward +
- * mg_adam_step.  Otherwise the gradients are accumulated into grads, nothing
- * is updated, and -1 is returned: the caller runs mg_adam_step, which
- * decides (and refuses a non-finite gradient). */
-int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
-                         long t) {
-    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
-    int rc = FN(backward_impl)(M, &A);
-    if (rc != MG_OK) return rc;
-    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
-    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
-    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308;
-    const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
-    double unused;
-    int safe = FN(finite_maxabs)((REAL *)M->grads + e0, e1 - e0, &unused);
-    for (int j = 0; j < jobs && safe; j++) {
-        const FN(wjob_t) J = FN(weight_job)(M, j);
-        double md, mx;
-        safe = FN(finite_maxabs)(J.dout, (size_t)N * J.OC, &md) &&
-               FN(finite_maxabs)(J.inp, (size_t)N * J.C, &mx) &&
-               (double)N * md * mx * 4 <= big;
-    }
-    for (int j = 0; j < jobs; j++) {
-        const FN(wjob_t) J = FN(weight_job)(M, j);
-        if (!safe) {
-            FN(matmul_backward_dweight_all)(J.dweight, J.dout, J.inp, J.weight, N, J.C, J.OC, NULL);
-            continue;
-        }
-        const size_t off = (size_t)(J.weight - (REAL *)M->params);
-        FN(adam_ctx_t) Aw = A;
-        Aw.m = (REAL *)M->m_adam + off;
-        Aw.v = (REAL *)M->v_adam + off;
-        FN(matmul_backward_dweight_all)(NULL, J.dout, J.inp, J.weight, N, J.C, J.OC, &Aw);
-    }
-    if (!safe) return -1;
-    FN(adam_run)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
-                 (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, &A);
-    return MG_OK;
-}
-
-static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
-    const int T = M->cfg.block_size, L = M->cfg.n_layer;
+/* Backward of documents d0 .. d1-1 down to the activation gradients of their
+ * rows (dacts, zeroed first); no weight gradient (see weight_task).  With
+ * maxabs != NULL, the largest |value| of each weight job's dout and inp over
+ * these rows goes to maxabs[2j], maxabs[2j + 1], and of d(emb) to
+ * maxabs[2 jobs] (+inf where a value is not finite). */
+static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
+    const size_t r0 = M->doc_offsets[d0];
+    const int n = (int)(M->doc_offsets[d1] - r0);
+    const size_t rC = r0 * (size_t)C, r4C = 4 * rC, nC = (size_t)n * C;
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
-    /* zero the first N rows of every activation gradient that is accumulated */
-    const size_t NC = (size_t)N * C;
-    FN(zero)(dacts + A->emb, NC);
-    FN(zero)(dacts + A->x0, NC);
-    FN(zero)(dacts + A->logits, (size_t)N * V);
-    /* per layer: 10 buffers of N*C and 2 of 4*N*C, zeroed in 18 pieces of N*C
-     * (across threads when large: plain stores, no order question) */
-    const int pieces = 18 * L;
-    if (MG_USE_THREADS(NC * (size_t)pieces, pieces)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
-        for (int j = 0; j < pieces; j++) {
-            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, j / 18);
-            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
-                          da.fcproj, da.res3};
-            const int r = j % 18;
-            if (r < 10) FN(zero)(nc[r], NC);
-            else if (r < 14) FN(zero)(da.fch + (size_t)(r - 10) * NC, NC);
-            else FN(zero)(da.fchr + (size_t)(r - 14) * NC, NC);
-        }
-    } else {
-        for (int l = 0; l < L; l++) {
-            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
-            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
-                          da.fcproj, da.res3};
-            for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j], NC);
-            FN(zero)(da.fch, 4 * NC);
-            FN(zero)(da.fchr, 4 * NC);
-        }
+    /* zero these rows of every activation gradient that is accumulated */
+    FN(zero)(dacts + A->emb + rC, nC);
+    FN(zero)(dacts + A->x0 + rC, nC);
+    FN(zero)(dacts + A->logits + r0 * V, (size_t)n * V);
+    for (int l = 0; l < L; l++) {
+        FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
+        REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
+                      da.fcproj, da.res3};
+        for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j] + rC, nC);
+        FN(zero)(da.fch + r4C, 4 * nC);
+        FN(zero)(da.fchr + r4C, 4 * nC);
     }
 
     /* input of lm_head: output of the last block, or x0 when L == 0 */
-    REAL *x = L > 0 ? FN(layer_acts)(M, acts, L - 1).res3 : acts + A->x0;
     REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
-    FN(crossentropy_softmax_backward)(dacts + A->logits, acts + A->dlosses, acts + A->probs,
-                                      M->targets, N, V);
-    FN(model_matmul_backward)(M, dx, dg.lm_head, dacts + A->logits, x, g.lm_head, N, C, V, adam);
+    FN(crossentropy_softmax_backward)(dacts + A->logits + r0 * V, acts + A->dlosses + r0,
+                                      acts + A->probs + r0 * V, M->targets + r0, n, V);
+    FN(matmul_backward_dinp_all)(dx + rC, dacts + A->logits + r0 * V, g.lm_head, n, C, V);
 
     for (int l = L - 1; l >= 0; l--) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
-        FN(layer_params_t) dw = FN(layer_params)(M, (REAL *)M->grads, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, acts, l);
         FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
         REAL *xin = l > 0 ? FN(layer_acts)(M, acts, l - 1).res3 : acts + A->x0;
         REAL *dxin = l > 0 ? FN(layer_acts)(M, dacts, l - 1).res3 : dacts + A->x0;
 
-        FN(residual_backward)(da.fcproj, da.res2, da.res3, (size_t)N * C);
-        FN(model_matmul_backward)(M, da.fchr, dw.fc2, da.fcproj, a.fchr, w.fc2, N, 4 * C, C, adam);
-        FN(relu_backward)(da.fch, da.fchr, a.fch, (size_t)N * 4 * C);
-        FN(model_matmul_backward)(M, da.ln2, dw.fc1, da.fch, a.ln2, w.fc1, N, C, 4 * C, adam);
-        FN(rmsnorm_backward)(da.res2, da.ln2, a.res2, a.ln2s, N, C);
-        FN(residual_backward)(da.attproj, dxin, da.res2, (size_t)N * C);
-        FN(model_matmul_backward)(M, da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C, adam);
-        const int nd = M->n_docs;
-        if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+        FN(residual_backward)(da.fcproj + rC, da.res2 + rC, da.res3 + rC, nC);
+        FN(matmul_backward_dinp_all)(da.fchr + r4C, da.fcproj + rC, w.fc2, n, 4 * C, C);
+        FN(relu_backward)(da.fch + r4C, da.fchr + r4C, a.fch + r4C, 4 * nC);
+        FN(matmul_backward_dinp_all)(da.ln2 + rC, da.fch + r4C, w.fc1, n, C, 4 * C);
+        FN(rmsnorm_backward)(da.res2 + rC, da.ln2 + rC, a.res2 + rC, a.ln2s + r0, n, C);
+        FN(residual_backward)(da.attproj + rC, dxin + rC, da.res2 + rC, nC);
+        FN(matmul_backward_dinp_all)(da.atty + rC, da.attproj + rC, w.wo, n, C, C);
+        if (MG_USE_THREADS((size_t)n * M->cfg.block_size * C, d1 - d0)) {
             MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-            for (int d = 0; d < nd; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
+            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
         } else {
-            FN(attention_docs_backward)(M, &da, &a, 0, nd);
+            FN(attention_docs_backward)(M, &da, &a, d0, d1);
         }
-        FN(model_matmul_backward)(M, da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C, adam);
-        FN(model_matmul_backward)(M, da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C, adam);
-        FN(model_matmul_backward)(M, da.ln1, dw.wv, da.v, a.ln1, w.wv, N, C, C, adam);
-        FN(rmsnorm_backward)(dxin, da.ln1, xin, a.ln1s, N, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.q + rC, w.wq, n, C, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.k + rC, w.wk, n, C, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.v + rC, w.wv, n, C, C);
+        FN(rmsnorm_backward)(dxin + rC, da.ln1 + rC, xin + rC, a.ln1s + r0, n, C);
     }
-    FN(rmsnorm_backward)(dacts + A->emb, dacts + A->x0, acts + A->emb, acts + A->x0s, N, C);
-    FN(encoder_backward)(dg.wte, dg.wpe, dacts + A->emb, M->inputs, M->positions, N, C);
-    return MG_OK;
+    FN(rmsnorm_backward)(dacts + A->emb + rC, dacts + A->x0 + rC, acts + A->emb + rC,
+                         acts + A->x0s + r0, n, C);
+    if (maxabs == NULL) return;
+    const int jobs = 1 + MG_NUM_PER_LAYER * L;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        if (!FN(finite_maxabs)(J.dout + r0 * J.OC, (size_t)n * J.OC, &maxabs[2 * j]))
+            maxabs[2 * j] = INFINITY;
+        if (!FN(finite_maxabs)(J.inp + r0 * J.C, (size_t)n * J.C, &maxabs[2 * j + 1]))
+            maxabs[2 * j + 1] = INFINITY;
+    }
+    if (!FN(finite_maxabs)(dacts + A->emb + rC, nC, &maxabs[2 * jobs]))
+        maxabs[2 * jobs] = INFINITY;
+}
+
+/* Whether every weight gradient of the whole batch is certainly finite, from
+ * the pieces' maxima (finite inputs with N max|dout| max|inp| far below the
+ * overflow threshold; a wte/wpe gradient is a sum of at most N rows of
+ * d(emb)).  The same answer in every thread: maxima are exact. */
+static int FN(grads_safe)(const mg_model *M, const double *maxabs, int K) {
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer, stride = 2 * jobs + 1;
+    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308, N = (double)M->n_tokens;
+    for (int j = 0; j <= jobs; j++) {
+        double md = 0, mx = 0;
+        for (int c = 0; c < K; c++) {
+            const double *m = maxabs + (size_t)c * stride;
+            if (j < jobs) {
+                md = m[2 * j] > md ? m[2 * j] : md;
+                mx = m[2 * j + 1] > mx ? m[2 * j + 1] : mx;
+            } else {
+                md = m[2 * j] > md ? m[2 * j] : md;
+            }
+        }
+        if (j < jobs ? !(N * md * mx * 4 <= big) : !(N * md * 4 <= big)) return 0;
+    }
+    return 1;
+}
+
+#ifndef MG_TASK_WORK
+#define MG_TASK_WORK 4096   /* weight-gradient elements (rows x C) per task */
+#endif
+
+/* The weight-gradient phase as a fixed list of tasks: task 0 is wte/wpe
+ * (encoder backward), then every weight job in pieces of output rows of
+ * about the same work.  Each gradient element belongs to exactly one task
+ * and is summed over the batch's tokens in order, so the values never
+ * depend on which thread runs which task. */
+static int FN(rows_per_task)(int C) {
+    const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
+    return r < 4 ? 4 : r;
+}
+
+static int FN(num_weight_tasks)(mg_model *M) {
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    int n = 1;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        const int r = FN(rows_per_task)(J.C);
+        n += (J.OC + r - 1) / r;
+    }
+    return n;
+}
+
+/* Rows o0 .. o1-1 of weight job j's tensor into wT (the same values
+ * build_wT_one gives them). */
+static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
+    if (j == 0) {
+        FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+        FN(transpose_weight)(FN(wT_lm)(M) + o0, g.lm_head + (size_t)o0 * C, o1 - o0, C, FN(padT)(V));
+        return;
+    }
+    const int l = (j - 1) / MG_NUM_PER_LAYER, which = (j - 1) % MG_NUM_PER_LAYER;
+    FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+    REAL *dst = FN(wT_layer)(M, l, which) + o0;
+    const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
+    switch (which) {
+    case MG_WQ: FN(transpose_weight)(dst, w.wq + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WK: FN(transpose_weight)(dst, w.wk + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WV: FN(transpose_weight)(dst, w.wv + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WO: FN(transpose_weight)(dst, w.wo + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_FC1: FN(transpose_weight)(dst, w.fc1 + (size_t)o0 * C, o1 - o0, C, C4p); break;
+    default: FN(transpose_weight)(dst, w.fc2 + (size_t)o0 * 4 * C, o1 - o0, 4 * C, Cp); break;
+    }
+}
+
+/* Task `task`: accumulate its gradients into grads (A == NULL), or apply
+ * them by Adam at once (A != NULL; the gradients are zero on entry and stay
+ * zero). */
+static void FN(weight_task)(mg_model *M, int task, const FN(adam_ctx_t) *A, int transpose) {
+    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
+    if (task == 0) {
+        const mg_act_layout *AL = &M->acts_layout;
+        FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
+        FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, M->inputs, M->positions,
+                             N, C);
+        if (A != NULL) {
+            const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
+            FN(adam_impl)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
+                          (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, A);
+        }
+        return;
+    }
+    task--;
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        const int r = FN(rows_per_task)(J.C), nt = (J.OC + r - 1) / r;
+        if (task >= nt) { task -= nt; continue; }
+        const int o0 = task * r, o1 = o0 + r < J.OC ? o0 + r : J.OC;
+        if (A == NULL) {
+            FN(matmul_backward_dweight)(J.dweight, J.dout, J.inp, N, J.C, J.OC, o0, o1, J.weight,
+                                        NULL);
+        } else {
+            const size_t off = (size_t)(J.weight - (REAL *)M->params);
+            FN(adam_ctx_t) Aw = *A;
+            Aw.m = (REAL *)M->m_adam + off;
+            Aw.v = (REAL *)M->v_adam + off;
+            FN(matmul_backward_dweight)(NULL, J.dout, J.inp, N, J.C, J.OC, o0, o1, J.weight, &Aw);
+            /* the updated rows into the transposed copy (columns o0 .. o1-1)
+             * for the next step's forward */
+            if (transpose) FN(transpose_rows)(M, j, o0, o1);
+        }
+        return;
+    }
+}
+
+/* Split the batch's documents into K contiguous pieces of about equal token
+ * counts; K depends only on the batch (never on the thread count). */
+static int FN(doc_pieces)(const mg_model *M, int *bounds) {
+    const int nd = M->n_docs;
+    const int K = nd < MG_MAX_PIECES ? nd : MG_MAX_PIECES;
+    const size_t N = (size_t)M->n_tokens;
+    bounds[0] = 0;
+    for (int c = 1; c < K; c++) {
+        const size_t target = N * (size_t)c / (size_t)K;
+        int d = bounds[c - 1] + 1;
+        while (d < nd - (K - c) && M->doc_offsets[d] < target) d++;
+        bounds[c] = d;
+    }
+    bounds[K] = nd;
+    return K;
+}
+
+enum { MG_RUN_FORWARD = 1, MG_RUN_BACKWARD = 2 };
+
+/* The training forward and/or backward of the saved batch.
+ *
+ * With a team of threads and enough work, in ONE parallel region: the
+ * transposed weights (jobs across threads), then the documents in K fixed
+ * pieces (forward, loss weights and activation-gradient backward of a piece
+ * by one thread, the kernels serial inside it), then the weight gradients as
+ * fixed tasks (each gradient element written by one task, summed over the
+ * tokens in order; fused with Adam when A != NULL).  Otherwise the same
+ * computations on the whole batch at once, the kernels free to use threads
+ * themselves.  Both give the same bits (see above), whatever the thread
+ * count.
+ *
+ * Returns MG_OK; MG_ERR_NONFINITE if the forward's loss is not finite (then
+ * no backward); -1 with A != NULL if the gradients could not be guaranteed
+ * finite (then they were accumulated into grads, nothing updated: the caller
+ * runs mg_adam_step). */
+static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double *loss) {
+    int bounds[MG_MAX_PIECES + 1];
+    const int N = M->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
+    const int use_T = FN(use_wT)(M);
+    const int fwd = (what & MG_RUN_FORWARD) != 0, bwd = (what & MG_RUN_BACKWARD) != 0;
+    /* work of a step: about 12 C^2 + V C multiply-adds per token and layer */
+    const size_t work = (size_t)N * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
+                                                 (size_t)M->cfg.vocab_size);
+    const int par = M->n_docs > 1 && MG_USE_THREADS(work, 2);
+    const int K = par ? FN(doc_pieces)(M, bounds) : 1;
+    const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
+    (void)stride; (void)K;  /* unused without OpenMP */
+    const int ntasks = bwd ? FN(num_weight_tasks)(M) : 0;
+    int status = MG_OK;
+    /* wT: rebuilt unless the previous fused step of this mg_train_steps call
+     * left it up to date; a fused step that uses it keeps it up to date */
+    const int build = fwd && use_T && !M->wT_valid;
+    const int retranspose = bwd && A != NULL && use_T;
+    M->wT_valid = 0;
+    if (!par) {  /* the same steps, serial (the kernels may use threads) */
+        if (build) FN(build_wT)(M);
+        if (fwd) FN(forward_docs)(M, 0, M->n_docs, use_T);
+        if (bwd) FN(backward_docs)(M, 0, M->n_docs, A != NULL ? M->piece_max : NULL);
+        const int ok = !fwd || isfinite(FN(batch_loss)(M));
+        const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, 1);
+        if (bwd && ok)
+            for (int t = 0; t < ntasks; t++) FN(weight_task)(M, t, safe ? A : NULL, retranspose);
+        if (!ok) status = MG_ERR_NONFINITE;
+        else if (bwd && !safe) status = -1;
+    } else {
+        MG_PRAGMA(omp parallel num_threads(mg_team_size()))
+        {
+            if (build) {
+                MG_PRAGMA(omp for schedule(dynamic, 1))
+                for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
+            }
+            MG_PRAGMA(omp for schedule(dynamic, 1))
+            for (int c = 0; c < K; c++) {
+                if (fwd) FN(forward_docs)(M, bounds[c], bounds[c + 1], use_T);
+                if (bwd) FN(backward_docs)(M, bounds[c], bounds[c + 1],
+                                           A != NULL ? M->piece_max + (size_t)c * stride : NULL);
+            }
+            /* (after the barrier above every piece is done; each thread
+             * takes the same decisions) */
+            const int ok = !fwd || isfinite(FN(batch_loss)(M));
+            const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, K);
+            if (bwd && ok) {
+                MG_PRAGMA(omp for schedule(dynamic, 1))
+                for (int t = 0; t < ntasks; t++)
+                    FN(weight_task)(M, t, safe ? A : NULL, retranspose);
+            }
+            MG_PRAGMA(omp master)
+            { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = -1; }
+        }
+    }
+    if (status == MG_OK && retranspose) M->wT_valid = 1;
+    if (fwd) {
+        const REAL result = FN(batch_loss)(M);
+        *loss = (double)result;
+        M->have_forward = isfinite(result) ? 1 : 0;
+    }
+    return status;
+}
+
+int FN(mg_forward)(mg_model *M, double *loss) {
+    return FN(run_batch)(M, MG_RUN_FORWARD, NULL, loss);
+}
+
+int FN(mg_backward)(mg_model *M) {
+    return FN(run_batch)(M, MG_RUN_BACKWARD, NULL, NULL);
+}
+
+/* Backward fused with the Adam step (the training loop, with all gradients
+ * zero on entry).  The activation gradients first; then, if every weight
+ * gradient is certainly finite (see grads_safe), each weight matrix's
+ * gradient goes straight into its Adam update without being stored (wte and
+ * wpe go through the gradient buffer, zeroed again): the same values as
+ * mg_backward + mg_adam_step.  Otherwise the gradients are accumulated into
+ * grads, nothing is updated, and -1 is returned: the caller runs
+ * mg_adam_step, which decides (and refuses a non-finite gradient). */
+int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
+                         long t) {
+    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
+    return FN(run_batch)(M, MG_RUN_BACKWARD, &A, NULL);
+}
+
+/* Forward and backward of the saved batch in one go (one parallel region):
+ * fused with Adam as mg_backward_adam when adam != 0, else the gradients
+ * accumulated as mg_backward.  Returns as run_batch. */
+int FN(mg_forward_backward)(mg_model *M, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t) {
+    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
+    return FN(run_batch)(M, MG_RUN_FORWARD | MG_RUN_BACKWARD, adam ? &A : NULL, loss);
 }
 
 int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
@@ -394,8 +594,8 @@ int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
     M->have_forward = 0;
     M->inputs[0] = token;
     M->positions[0] = pos;
-    REAL *x = FN(embed_forward)(M, 1);
-    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache, 0);
+    REAL *x = FN(embed_forward)(M, 0, 1);
+    x = FN(blocks_forward)(M, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache, 0);
     REAL *z = acts + A->logits;
     FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
     for (int i = 0; i < V; i++) logits[i] = (double)z[i];
