@@ -32,8 +32,12 @@
 #include <omp.h>
 #define MG_USE_THREADS(work, pieces) \
     ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && mg_team_size() > 1 && !omp_in_parallel())
+static inline int mg_thread_num(void) { return omp_get_thread_num(); }
+static inline int mg_num_threads(void) { return omp_get_num_threads(); }
 #else
 #define MG_USE_THREADS(work, pieces) 0
+static inline int mg_thread_num(void) { return 0; }
+static inline int mg_num_threads(void) { return 1; }
 #endif
 /* Hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked
  * at load time (GCC function multiversioning); elsewhere, plain code.  With

@@ -116,7 +116,9 @@ typedef struct mg_model {
 
 /* A batched step runs its documents in at most this many pieces (a number
  * that depends only on the batch, never on the thread count). */
+#ifndef MG_MAX_PIECES
 #define MG_MAX_PIECES 8
+#endif
 
 /* ---- lifecycle ---------------------------------------------------------- */
 const char *mg_status_string(int status);

@@ -371,27 +371,6 @@ static int FN(grads_safe)(const mg_model *M, const double *maxabs, int K) {
 #define MG_TASK_WORK 4096   /* weight-gradient elements (rows x C) per task */
 #endif
 
-/* The weight-gradient phase as a fixed list of tasks: task 0 is wte/wpe
- * (encoder backward), then every weight job in pieces of output rows of
- * about the same work.  Each gradient element belongs to exactly one task
- * and is summed over the batch's tokens in order, so the values never
- * depend on which thread runs which task. */
-static int FN(rows_per_task)(int C) {
-    const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
-    return r < 4 ? 4 : r;
-}
-
-static int FN(num_weight_tasks)(mg_model *M) {
-    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
-    int n = 1;
-    for (int j = 0; j < jobs; j++) {
-        const FN(wjob_t) J = FN(weight_job)(M, j);
-        const int r = FN(rows_per_task)(J.C);
-        n += (J.OC + r - 1) / r;
-    }
-    return n;
-}
-
 /* Rows o0 .. o1-1 of weight job j's tensor into wT (the same values
  * build_wT_one gives them). */
 static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
@@ -415,44 +394,81 @@ static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
     }
 }
 
-/* Task `task`: accumulate its gradients into grads (A == NULL), or apply
- * them by Adam at once (A != NULL; the gradients are zero on entry and stay
- * zero). */
-static void FN(weight_task)(mg_model *M, int task, const FN(adam_ctx_t) *A, int transpose) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
-    if (task == 0) {
-        const mg_act_layout *AL = &M->acts_layout;
-        FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
-        FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, M->inputs, M->positions,
-                             N, C);
-        if (A != NULL) {
-            const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
-            FN(adam_impl)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
-                          (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, A);
-        }
+/* The weight-gradient phase as tasks: wte/wpe (encoder backward), then
+ * every weight job in pieces of output rows of about the same work.  Each
+ * gradient element belongs to exactly one task and is summed over the
+ * batch's tokens in order, so the values never depend on which thread runs
+ * which task.  Threads take fixed contiguous shares of the task list by
+ * work (the same rows every step: the weights, moments and transposed rows
+ * a thread updates stay in its cache). */
+static int FN(rows_per_task)(int C) {
+    const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
+    return r < 4 ? 4 : r;
+}
+
+/* Rows o0 .. o1-1 of weight job J: accumulate their gradients into grads
+ * (A == NULL), or apply them by Adam at once (A != NULL). */
+static void FN(weight_rows)(mg_model *M, int j, const FN(wjob_t) *J, int o0, int o1,
+                            const FN(adam_ctx_t) *A, int transpose) {
+    const int N = M->n_tokens;
+    if (A == NULL) {
+        FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
+                                    NULL);
         return;
     }
-    task--;
+    const size_t off = (size_t)(J->weight - (REAL *)M->params);
+    FN(adam_ctx_t) Aw = *A;
+    Aw.m = (REAL *)M->m_adam + off;
+    Aw.v = (REAL *)M->v_adam + off;
+    FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
+    /* the updated rows into the transposed copy (columns o0 .. o1-1) for
+     * the next step's forward */
+    if (transpose) FN(transpose_rows)(M, j, o0, o1);
+}
+
+/* wte/wpe: the encoder backward (serial: tokens share rows), then Adam. */
+static void FN(embedding_task)(mg_model *M, const FN(adam_ctx_t) *A) {
+    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
+    const mg_act_layout *AL = &M->acts_layout;
+    FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
+    FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, M->inputs, M->positions, N, C);
+    if (A != NULL) {
+        const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
+        FN(adam_impl)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
+                      (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, A);
+    }
+}
+
+/* The share of thread `me` of `nt`: a task of cost `cost` starting at
+ * `acc` (of `total`) belongs to the thread whose share holds its middle. */
+static int FN(owner)(size_t acc, size_t cost, size_t total, int nt) {
+    const size_t o = (2 * acc + cost) * (size_t)nt / (2 * total);
+    return o < (size_t)nt ? (int)o : nt - 1;
+}
+
+/* Every weight-gradient task of thread me's share. */
+static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose, int me, int nt) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    const size_t N = (size_t)M->n_tokens, C = (size_t)M->cfg.n_embd;
+    /* costs in multiply-adds per token: rows x inputs; the embedding's sums
+     * and its Adam update */
+    const size_t emb = 2 * C + 8 * (size_t)(M->cfg.vocab_size + M->cfg.block_size) * C / N;
+    size_t total = emb, acc = 0;
     for (int j = 0; j < jobs; j++) {
         const FN(wjob_t) J = FN(weight_job)(M, j);
-        const int r = FN(rows_per_task)(J.C), nt = (J.OC + r - 1) / r;
-        if (task >= nt) { task -= nt; continue; }
-        const int o0 = task * r, o1 = o0 + r < J.OC ? o0 + r : J.OC;
-        if (A == NULL) {
-            FN(matmul_backward_dweight)(J.dweight, J.dout, J.inp, N, J.C, J.OC, o0, o1, J.weight,
-                                        NULL);
-        } else {
-            const size_t off = (size_t)(J.weight - (REAL *)M->params);
-            FN(adam_ctx_t) Aw = *A;
-            Aw.m = (REAL *)M->m_adam + off;
-            Aw.v = (REAL *)M->v_adam + off;
-            FN(matmul_backward_dweight)(NULL, J.dout, J.inp, N, J.C, J.OC, o0, o1, J.weight, &Aw);
-            /* the updated rows into the transposed copy (columns o0 .. o1-1)
-             * for the next step's forward */
-            if (transpose) FN(transpose_rows)(M, j, o0, o1);
+        total += (size_t)J.OC * (size_t)J.C;
+    }
+    if (FN(owner)(0, emb, total, nt) == me) FN(embedding_task)(M, A);
+    acc = emb;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        const int r = FN(rows_per_task)(J.C);
+        for (int o0 = 0; o0 < J.OC; o0 += r) {
+            const int o1 = o0 + r < J.OC ? o0 + r : J.OC;
+            const size_t cost = (size_t)(o1 - o0) * (size_t)J.C;
+            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, j, &J, o0, o1, A, transpose);
+            acc += cost;
         }
-        return;
     }
 }
 
@@ -473,6 +489,19 @@ static int FN(doc_pieces)(const mg_model *M, int *bounds) {
     return K;
 }
 
+#ifdef MG_PROF
+#include <stdio.h>
+static double FN(mg_prof)[4][5];
+__attribute__((destructor)) static void FN(prof_print)(void) {
+    for (int i = 0; i < 2; i++) if (FN(mg_prof)[i][4] > 0)
+        fprintf(stderr, "thread %d: endwait %.1f pieces %.1f wait %.1f tasks %.1f end-wait %.1f us/step\n", i,
+                FN(mg_prof)[i][0] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][1] / FN(mg_prof)[i][4] * 1e6,
+                FN(mg_prof)[i][2] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][3] / FN(mg_prof)[i][4] * 1e6, 0.0);
+}
+#define PT(x) double x = omp_get_wtime()
+#else
+#define PT(x)
+#endif
 enum { MG_RUN_FORWARD = 1, MG_RUN_BACKWARD = 2 };
 
 /* The training forward and/or backward of the saved batch.
@@ -503,7 +532,6 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
     const int K = par ? FN(doc_pieces)(M, bounds) : 1;
     const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
     (void)stride; (void)K;  /* unused without OpenMP */
-    const int ntasks = bwd ? FN(num_weight_tasks)(M) : 0;
     int status = MG_OK;
     /* wT: rebuilt unless the previous fused step of this mg_train_steps call
      * left it up to date; a fused step that uses it keeps it up to date */
@@ -511,37 +539,58 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
     const int retranspose = bwd && A != NULL && use_T;
     M->wT_valid = 0;
     if (!par) {  /* the same steps, serial (the kernels may use threads) */
+        PT(ta);
         if (build) FN(build_wT)(M);
+        PT(tb);
         if (fwd) FN(forward_docs)(M, 0, M->n_docs, use_T);
         if (bwd) FN(backward_docs)(M, 0, M->n_docs, A != NULL ? M->piece_max : NULL);
+        PT(tc);
         const int ok = !fwd || isfinite(FN(batch_loss)(M));
         const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, 1);
-        if (bwd && ok)
-            for (int t = 0; t < ntasks; t++) FN(weight_task)(M, t, safe ? A : NULL, retranspose);
+        if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, 0, 1);
         if (!ok) status = MG_ERR_NONFINITE;
         else if (bwd && !safe) status = -1;
+#ifdef MG_PROF
+        PT(te);
+        if (fwd && bwd) { double *P = FN(mg_prof)[0];
+          P[0] += tb - ta; P[1] += tc - tb; P[3] += te - tc; P[4] += 1; }
+#endif
     } else {
         MG_PRAGMA(omp parallel num_threads(mg_team_size()))
         {
+            PT(ta);
             if (build) {
                 MG_PRAGMA(omp for schedule(dynamic, 1))
                 for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
             }
-            MG_PRAGMA(omp for schedule(dynamic, 1))
+            PT(tb);
+            const int me = mg_thread_num(), nt = mg_num_threads();
+            /* fixed contiguous shares of the pieces by tokens (the same rows
+             * on the same thread every step) */
             for (int c = 0; c < K; c++) {
+                const size_t t0 = M->doc_offsets[bounds[c]], t1 = M->doc_offsets[bounds[c + 1]];
+                if (FN(owner)(t0, t1 - t0, (size_t)N, nt) != me) continue;
                 if (fwd) FN(forward_docs)(M, bounds[c], bounds[c + 1], use_T);
                 if (bwd) FN(backward_docs)(M, bounds[c], bounds[c + 1],
                                            A != NULL ? M->piece_max + (size_t)c * stride : NULL);
             }
+            PT(tc);
+            MG_PRAGMA(omp barrier)
+            PT(td);
             /* (after the barrier above every piece is done; each thread
              * takes the same decisions) */
             const int ok = !fwd || isfinite(FN(batch_loss)(M));
             const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, K);
-            if (bwd && ok) {
-                MG_PRAGMA(omp for schedule(dynamic, 1))
-                for (int t = 0; t < ntasks; t++)
-                    FN(weight_task)(M, t, safe ? A : NULL, retranspose);
-            }
+            if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, me, nt);
+#ifdef MG_PROF
+            PT(tf);
+            MG_PRAGMA(omp barrier)
+#endif
+#ifdef MG_PROF
+            PT(te);
+            if (fwd && bwd) { int me = omp_get_thread_num(); double *P = FN(mg_prof)[me];
+              P[0] += te - tf; P[1] += tc - tb; P[2] += td - tc; P[3] += tf - td; P[4] += 1; }
+#endif
             MG_PRAGMA(omp master)
             { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = -1; }
         }
