@@ -303,6 +303,23 @@ static void set_batch_layout(mg_model *M, int n_docs, int total_docs) {
     M->total_docs = total_docs;
 }
 
+void mg_assemble_batch(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
+                       int64_t n_docs, long s, int batch) {
+    const int T = M->cfg.block_size;
+    size_t N = 0;
+    for (int b = 0; b < batch; b++) {
+        const int64_t d = (int64_t)(((uint64_t)s * (uint64_t)batch + (uint64_t)b) % (uint64_t)n_docs);
+        const int32_t *tok = corpus + doc_starts[d];
+        const int64_t len = doc_starts[d + 1] - doc_starts[d];
+        const int n = len - 1 < T ? (int)(len - 1) : T;
+        memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
+        memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
+        M->doc_lens[b] = n;
+        N += (size_t)n;
+    }
+    set_batch_layout(M, batch, batch);
+}
+
 int mg_forward(mg_model *M, const int32_t *inputs, const int32_t *targets,
                const int32_t *doc_lens, int n_docs, double *loss) {
     return mg_forward_partial(M, inputs, targets, doc_lens, n_docs, n_docs, loss);
@@ -405,20 +422,16 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
     int rc = mg_model_reserve(M, cap);
     if (rc != MG_OK) return rc;
     M->wT_valid = 0;  /* params may have been changed since the last call */
+    /* a batched run with a team: every step in one persistent team */
+    rc = M->dtype == MG_FLOAT64
+             ? mg_train_steps_team_f64(M, corpus, doc_starts, n_docs, step0, n_steps, num_steps, batch,
+                                       lr, beta1, beta2, eps, losses, lrs, steps_done)
+             : mg_train_steps_team_f32(M, corpus, doc_starts, n_docs, step0, n_steps, num_steps, batch,
+                                       lr, beta1, beta2, eps, losses, lrs, steps_done);
+    if (rc != -2) return rc;
     for (long i = 0; i < n_steps; i++) {
         const long s = step0 + i;
-        size_t N = 0;
-        for (int b = 0; b < batch; b++) {
-            const int64_t d = (int64_t)(((uint64_t)s * (uint64_t)batch + (uint64_t)b) % (uint64_t)n_docs);
-            const int32_t *tok = corpus + doc_starts[d];
-            const int64_t len = doc_starts[d + 1] - doc_starts[d];
-            const int n = len - 1 < T ? (int)(len - 1) : T;
-            memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
-            memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
-            M->doc_lens[b] = n;
-            N += (size_t)n;
-        }
-        set_batch_layout(M, batch, batch);
+        mg_assemble_batch(M, corpus, doc_starts, n_docs, s, batch);
         double loss;
         const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
         if (lrs != NULL) lrs[i] = lr_t;

@@ -244,6 +244,21 @@ int mg_forward_backward_f64(mg_model *model, double *loss, int adam, double lr_t
                             double beta2, double eps, long t);
 int mg_forward_backward_f32(mg_model *model, double *loss, int adam, double lr_t, double beta1,
                             double beta2, double eps, long t);
+/* mg_train_steps' batch of step s into model's batch buffers (inputs,
+ * targets, doc_lens, positions, doc_offsets, sizes); the corpus is valid. */
+void mg_assemble_batch(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                       int64_t n_docs, long s, int batch);
+/* mg_train_steps in one persistent team of threads (a batched run with
+ * enough work and a team), else -2 (nothing done: run the steps one by
+ * one).  Arguments validated by mg_train_steps. */
+int mg_train_steps_team_f64(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done);
+int mg_train_steps_team_f32(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done);
 int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
 int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
 

@@ -650,3 +650,128 @@ int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
     for (int i = 0; i < V; i++) logits[i] = (double)z[i];
     return MG_OK;
 }
+
+/* mg_train_steps with one team for the whole call (a batched run with
+ * enough work): the same steps as run_batch's region, but the threads stay
+ * in the team between steps and a step has two synchronisations, not three
+ * (no fork per step): after the pieces, and at the end of the step, by
+ * which the master has also assembled the next step's batch into a second
+ * set of batch buffers (a second view of the model: same parameters and
+ * activations, its own batch), so nobody waits for it.  Same values as the
+ * step-by-step loop. */
+int FN(mg_train_steps_team)(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done) {
+    const int T = M->cfg.block_size, C = M->cfg.n_embd, L = M->cfg.n_layer;
+    /* tokens per step, estimated from the corpus's mean document */
+    const int64_t mean = (doc_starts[n_docs] - n_docs) / n_docs;
+    const size_t N_est = (size_t)batch * (size_t)(mean < T ? (mean > 1 ? mean : 1) : T);
+    const size_t work = N_est * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
+                                             (size_t)M->cfg.vocab_size);
+    if (batch < 2 || n_steps < 1 || !MG_USE_THREADS(work, 2)) return -2;
+    const size_t cap = M->max_tokens;
+    int32_t *ib = malloc(3 * cap * sizeof(int32_t)), *dl = malloc(cap * sizeof(int32_t));
+    size_t *doff = malloc((cap + 1) * sizeof(size_t));
+    double *dloss = malloc(cap * sizeof(double));
+    if (!ib || !dl || !doff || !dloss) {
+        free(ib); free(dl); free(doff); free(dloss);
+        return MG_ERR_NOMEM;
+    }
+    mg_model view[2];
+    view[0] = *M;
+    view[1] = *M;
+    view[1].inputs = ib; view[1].targets = ib + cap; view[1].positions = ib + 2 * cap;
+    view[1].doc_lens = dl; view[1].doc_offsets = doff; view[1].doc_loss = dloss;
+    int bounds[2][MG_MAX_PIECES + 1], K[2];
+    const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
+    int status = MG_OK, wT_valid = 0, last = 0, loss_bad = 0;
+    long done = 0;
+    mg_assemble_batch(&view[0], corpus, doc_starts, n_docs, step0, batch);
+    K[0] = FN(doc_pieces)(&view[0], bounds[0]);
+    MG_PRAGMA(omp parallel num_threads(mg_team_size()))
+    {
+        const int me = mg_thread_num(), nt = mg_num_threads();
+        for (long i = 0; i < n_steps; i++) {
+            mg_model *V = &view[i & 1];
+            const int *bd = bounds[i & 1], k = K[i & 1];
+            const long s = step0 + i;
+            const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
+            /* the first step of a call: accumulated gradients and the
+             * checked Adam step (as in mg_train_steps) */
+            const int fused = !(i == 0 || !isfinite(lr_t) || !isfinite(beta1) ||
+                                !isfinite(beta2) || !isfinite(eps));
+            const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, s + 1, NULL);
+            const int use_T = FN(use_wT)(V);
+            if (use_T && !wT_valid) {
+                MG_PRAGMA(omp for schedule(static))
+                for (int j = 0; j < jobs; j++) FN(build_wT_one)(V, j);
+            }
+            const size_t N = (size_t)V->n_tokens;
+            for (int c = 0; c < k; c++) {
+                const size_t t0 = V->doc_offsets[bd[c]], t1 = V->doc_offsets[bd[c + 1]];
+                if (FN(owner)(t0, t1 - t0, N, nt) != me) continue;
+                FN(forward_docs)(V, bd[c], bd[c + 1], use_T);
+                FN(backward_docs)(V, bd[c], bd[c + 1],
+                                  fused ? V->piece_max + (size_t)c * stride : NULL);
+            }
+            MG_PRAGMA(omp barrier)
+            /* every piece done; each thread takes the same decisions */
+            const REAL loss = FN(batch_loss)(V);
+            if (!isfinite(loss)) {
+                MG_PRAGMA(omp master)
+                { losses[i] = (double)loss; if (lrs != NULL) lrs[i] = lr_t;
+                  status = MG_ERR_NONFINITE; loss_bad = 1; last = (int)(i & 1); }
+                break;  /* all threads: no update, the team ends */
+            }
+            const int apply = fused && FN(grads_safe)(V, V->piece_max, k);
+            FN(weight_tasks)(V, apply ? &A : NULL, apply && use_T, me, nt);
+            if (!apply) {
+                /* the gradients were accumulated: the checked Adam step */
+                MG_PRAGMA(omp barrier)
+                MG_PRAGMA(omp master)
+                {
+                    const int rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+                    if (rc != MG_OK) status = rc;
+                }
+            }
+            MG_PRAGMA(omp master)
+            {
+                losses[i] = (double)loss;
+                if (lrs != NULL) lrs[i] = lr_t;
+                last = (int)(i & 1);
+                wT_valid = apply && use_T;
+                if (status == MG_OK) {
+                    done = i + 1;
+                    /* the next batch into the other view (no one reads it now) */
+                    if (i + 1 < n_steps) {
+                        mg_model *W = &view[(i + 1) & 1];
+                        mg_assemble_batch(W, corpus, doc_starts, n_docs, s + 1, batch);
+                        K[(i + 1) & 1] = FN(doc_pieces)(W, bounds[(i + 1) & 1]);
+                    }
+                }
+            }
+            MG_PRAGMA(omp barrier)
+            if (status != MG_OK) break;
+        }
+    }
+    /* the model's batch state is the last step's (as after the loop) */
+    if (last == 1) {
+        const mg_model *W = &view[1];
+        memcpy(M->inputs, W->inputs, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->targets, W->targets, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->positions, W->positions, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->doc_lens, W->doc_lens, (size_t)W->n_docs * sizeof(int32_t));
+        memcpy(M->doc_offsets, W->doc_offsets, ((size_t)W->n_docs + 1) * sizeof(size_t));
+        memcpy(M->doc_loss, W->doc_loss, (size_t)W->n_docs * sizeof(double));
+        M->n_tokens = W->n_tokens; M->n_docs = W->n_docs; M->total_docs = W->total_docs;
+    } else {
+        M->n_tokens = view[0].n_tokens; M->n_docs = view[0].n_docs;
+        M->total_docs = view[0].total_docs;
+    }
+    M->have_forward = !loss_bad;
+    M->wT_valid = 0;
+    free(ib); free(dl); free(doff); free(dloss);
+    *steps_done = done;
+    return status;
+}

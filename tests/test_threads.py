@@ -520,3 +520,38 @@ def test_train_steps_equals_the_python_loop(dtype, batch, threads, restore_threa
     assert np.array_equal(got, want)
     assert np.array_equal(a.flat_params, b.flat_params)
     assert np.array_equal(a.adam_m, b.adam_m) and np.array_equal(a.adam_v, b.adam_v)
+
+
+@pytest.mark.parametrize("dtype, lr", [("float64", 1e300), ("float32", 1e30)])
+def test_batched_nonfinite_step_same_with_1_and_2_threads(dtype, lr, restore_threads):
+    """A run that blows up (huge learning rate) in the batched team path:
+    the same error at the same step with 1 and 2 threads and in one call or
+    step by step, the last completed step's parameters intact and equal."""
+    from microgpt_c.errors import NonFiniteLossError
+    V = 27
+    _, corpus, starts = _corpus(V, 40, 3, 14, seed=9)
+
+    def run(one_call):
+        m = _model(3, V=V, dtype=dtype, n_layer=1, n_embd=32, block_size=16)
+        try:
+            if one_call:
+                m.train_steps(corpus, starts, 0, 30, 30, batch_size=4, lr=lr)
+            else:
+                for k in range(30):
+                    m.train_steps(corpus, starts, k, 1, 30, batch_size=4, lr=lr)
+        except NonFiniteLossError as exc:
+            return exc.step, m.flat_params.copy(), m.adam_m.copy(), m.adam_v.copy()
+        pytest.fail("no NonFiniteLossError")
+
+    results = []
+    for threads in (1, 2):
+        for one_call in (True, False):
+            t = _Runner(_in_thread(lambda o=one_call: run(o), threads))
+            t.start()
+            results.append(t.get())
+    first = results[0]
+    assert np.all(np.isfinite(first[1]))
+    for r in results[1:]:
+        assert r[0] == first[0]
+        for a, b in zip(r[1:], first[1:]):
+            assert np.array_equal(a, b)
