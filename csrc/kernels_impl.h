@@ -31,7 +31,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define MG_USE_THREADS(work, pieces) \
-    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && mg_team_size() > 1 && !omp_in_parallel())
+    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && !mg_serial && mg_team_size() > 1 && \
+     !omp_in_parallel())
+/* set by the model around a batched step too small for a team (serial) */
+static _Thread_local int mg_serial = 0;
 static inline int mg_thread_num(void) { return omp_get_thread_num(); }
 static inline int mg_num_threads(void) { return omp_get_num_threads(); }
 #else

@@ -502,6 +502,15 @@ __attribute__((destructor)) static void FN(prof_print)(void) {
 #else
 #define PT(x)
 #endif
+/* A batched step goes to the team only above this many multiply-adds
+ * (about 12 C^2 L + V C per token): below, the two or three
+ * synchronisations per step (tens of microseconds with sleeping threads)
+ * cost more than the second thread saves (measured, f32, passive: 32/32/1
+ * B=32, 2.9M, 363 us on 1 thread, 383 on 2), and the step runs serially. */
+#ifndef MG_TEAM_MIN_WORK
+#define MG_TEAM_MIN_WORK 4000000
+#endif
+
 enum { MG_RUN_FORWARD = 1, MG_RUN_BACKWARD = 2 };
 
 /* The training forward and/or backward of the saved batch.
@@ -528,7 +537,7 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
     /* work of a step: about 12 C^2 + V C multiply-adds per token and layer */
     const size_t work = (size_t)N * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
                                                  (size_t)M->cfg.vocab_size);
-    const int par = M->n_docs > 1 && MG_USE_THREADS(work, 2);
+    const int par = M->n_docs > 1 && work >= MG_TEAM_MIN_WORK && MG_USE_THREADS(work, 2);
     const int K = par ? FN(doc_pieces)(M, bounds) : 1;
     const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
     (void)stride; (void)K;  /* unused without OpenMP */
@@ -538,7 +547,14 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
     const int build = fwd && use_T && !M->wT_valid;
     const int retranspose = bwd && A != NULL && use_T;
     M->wT_valid = 0;
-    if (!par) {  /* the same steps, serial (the kernels may use threads) */
+    if (!par) {
+        /* the same steps, serial; a batch too small for the team is too
+         * small for per-kernel regions too (measured: slower than one
+         * thread), a single document keeps the kernels' own threading */
+#ifdef _OPENMP
+        const int was_serial = mg_serial;
+        if (M->n_docs > 1) mg_serial = 1;
+#endif
         PT(ta);
         if (build) FN(build_wT)(M);
         PT(tb);
@@ -550,6 +566,9 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
         if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, 0, 1);
         if (!ok) status = MG_ERR_NONFINITE;
         else if (bwd && !safe) status = -1;
+#ifdef _OPENMP
+        mg_serial = was_serial;
+#endif
 #ifdef MG_PROF
         PT(te);
         if (fwd && bwd) { double *P = FN(mg_prof)[0];
@@ -669,7 +688,7 @@ int FN(mg_train_steps_team)(mg_model *M, const int32_t *corpus, const int64_t *d
     const size_t N_est = (size_t)batch * (size_t)(mean < T ? (mean > 1 ? mean : 1) : T);
     const size_t work = N_est * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
                                              (size_t)M->cfg.vocab_size);
-    if (batch < 2 || n_steps < 1 || !MG_USE_THREADS(work, 2)) return -2;
+    if (batch < 2 || n_steps < 1 || work < MG_TEAM_MIN_WORK || !MG_USE_THREADS(work, 2)) return -2;
     const size_t cap = M->max_tokens;
     int32_t *ib = malloc(3 * cap * sizeof(int32_t)), *dl = malloc(cap * sizeof(int32_t));
     size_t *doff = malloc((cap + 1) * sizeof(size_t));

@@ -451,9 +451,10 @@ def test_writing_params_changes_the_model():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n_docs", [2, 3, 7])
 def test_batched_gradients_match_reference(n_docs, threads, restore_threads):
-    """A batch large enough for the document-parallel step (pieces of
-    documents across the team with 2 threads): its loss and gradients are
-    the mean of the reference's per-document ones, to float64 rounding."""
+    """A batched forward/backward: its loss and gradients are the mean of
+    the reference's per-document ones, to float64 rounding.  (At this size
+    the step is serial; the team path gives the same bits as the serial one,
+    checked in test_threads.py at sizes above the team's threshold.)"""
     microgpt_c.set_num_threads(threads)
     seqs, ref_loss, ref_grads = _reference_batch(n_docs)
     _, gpt = make_pair(**BATCH_CFG, seed=2)

@@ -463,7 +463,7 @@ def _batched_run(dtype, batch, n_threads):
     docs, corpus, starts = _corpus(V, 61, 1, 22, seed=batch)  # some longer than the block
 
     def run():
-        m = _model(7, V=V, dtype=dtype, n_layer=2, n_embd=32, block_size=16)
+        m = _model(7, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
         losses = [m.train_steps(corpus, starts, s, n, 9, batch_size=batch)[0]
                   for s, n in ((0, 4), (4, 1), (5, 3))]
         seqs = docs[:batch]
@@ -483,8 +483,9 @@ def _batched_run(dtype, batch, n_threads):
 def test_batched_training_same_bits_with_1_and_2_threads(dtype, batch, restore_threads):
     """Losses, gradients, parameters and Adam moments are equal (not close)
     with 1 and 2 OpenMP threads, at batch sizes where the 2-thread step runs
-    its documents in pieces across the team (32 x 32 x 16 x ... above the
-    threshold) and at batch 1 (no team)."""
+    its documents in pieces across the team (batch >= 2: above the team's
+    work threshold of 4M multiply-adds a step, ~12 C^2 L per token) and at
+    batch 1 (no team)."""
     one = _batched_run(dtype, batch, 1)
     two = _batched_run(dtype, batch, 2)
     for name, a, b in zip(["losses", "loss", "grads", "params", "adam_m", "adam_v"], one, two):
@@ -504,8 +505,8 @@ def test_train_steps_equals_the_python_loop(dtype, batch, threads, restore_threa
     steps = 5
 
     def run():
-        a = _model(4, V=V, dtype=dtype, n_layer=1, n_embd=32, block_size=16)
-        b = _model(4, V=V, dtype=dtype, n_layer=1, n_embd=32, block_size=16)
+        a = _model(4, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
+        b = _model(4, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
         got, _ = a.train_steps(corpus, starts, 0, steps, steps, batch_size=batch)
         want = []
         for s in range(steps):
@@ -532,7 +533,7 @@ def test_batched_nonfinite_step_same_with_1_and_2_threads(dtype, lr, restore_thr
     _, corpus, starts = _corpus(V, 40, 3, 14, seed=9)
 
     def run(one_call):
-        m = _model(3, V=V, dtype=dtype, n_layer=1, n_embd=32, block_size=16)
+        m = _model(3, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
         try:
             if one_call:
                 m.train_steps(corpus, starts, 0, 30, 30, batch_size=4, lr=lr)
