@@ -21,17 +21,26 @@
 #define MG_KERNEL_COMMON
 #define MG_STR(x) #x
 #define MG_PRAGMA(x) _Pragma(MG_STR(x))
-/* Threads only when `work` multiply-adds pay for them and there are at least
- * two pieces; otherwise no parallel region is entered at all. */
+/* Threads only when `work` multiply-adds pay for them, there are at least
+ * two pieces and no team is already running (a kernel called inside the
+ * model's parallel region runs serially); otherwise no parallel region is
+ * entered at all. */
 #ifndef MG_OMP_MIN_WORK
 #define MG_OMP_MIN_WORK 100000
 #endif
 #ifdef _OPENMP
 #include <omp.h>
 #define MG_USE_THREADS(work, pieces) \
-    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && mg_team_size() > 1)
+    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && !mg_serial && mg_team_size() > 1 && \
+     !omp_in_parallel())
+/* set by the model around a batched step too small for a team (serial) */
+static _Thread_local int mg_serial = 0;
+static inline int mg_thread_num(void) { return omp_get_thread_num(); }
+static inline int mg_num_threads(void) { return omp_get_num_threads(); }
 #else
 #define MG_USE_THREADS(work, pieces) 0
+static inline int mg_thread_num(void) { return 0; }
+static inline int mg_num_threads(void) { return 1; }
 #endif
 /* Hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked
  * at load time (GCC function multiversioning); elsewhere, plain code.  With

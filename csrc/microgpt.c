@@ -146,7 +146,7 @@ static int act_layout(const mg_config *cfg, size_t N, mg_act_layout *A) {
 
 /* All the sizes of a model, in elements and bytes. */
 typedef struct {
-    size_t num_params, acts, cache, wT, wT_layer, tokens_bytes, bytes;
+    size_t num_params, acts, cache, wT, wT_layer, piece_max, tokens_bytes, bytes;
 } sizes_t;
 
 /* Transposed weights (mg_model.wT), rows padded to a multiple of 16:
@@ -185,8 +185,15 @@ static int model_sizes(const mg_config *cfg, int dtype, size_t max_tokens, sizes
         !mac_ok(&elems, 2, s->cache) || !add_ok(elems, s->wT, &elems))
         return MG_ERR_OVERFLOW;
     if (!mul_ok(elems, es, &s->bytes)) return MG_ERR_OVERFLOW;
-    /* inputs, targets, positions, doc_lens (int32) and doc_offsets (size_t) */
-    if (!mul_ok(max_tokens + 1, 4 * sizeof(int32_t) + sizeof(size_t), &s->tokens_bytes))
+    /* inputs, targets, positions, doc_lens (int32), doc_offsets (size_t),
+     * doc_loss (double), and the per-piece maxima */
+    if (!mul_ok(max_tokens + 1, 4 * sizeof(int32_t) + sizeof(size_t) + sizeof(double),
+                &s->tokens_bytes))
+        return MG_ERR_OVERFLOW;
+    if (!mul_ok((size_t)cfg->n_layer, 2 * MG_NUM_PER_LAYER, &s->piece_max) ||
+        !add_ok(s->piece_max, 3, &s->piece_max) ||
+        !mul_ok(s->piece_max, MG_MAX_PIECES, &s->piece_max) ||
+        !mac_ok(&s->tokens_bytes, s->piece_max, sizeof(double)))
         return MG_ERR_OVERFLOW;
     if (!add_ok(s->bytes, s->tokens_bytes, &s->bytes)) return MG_ERR_OVERFLOW;
     return MG_OK;
@@ -203,16 +210,17 @@ int mg_model_bytes(const mg_config *cfg, int dtype, size_t max_tokens, size_t *b
 static void free_activations(mg_model *M) {
     free(M->acts); free(M->dacts);
     free(M->inputs); free(M->targets); free(M->positions); free(M->doc_lens);
-    free(M->doc_offsets);
+    free(M->doc_offsets); free(M->doc_loss);
     M->acts = M->dacts = NULL;
     M->inputs = M->targets = M->positions = M->doc_lens = NULL;
     M->doc_offsets = NULL;
+    M->doc_loss = NULL;
 }
 
 void mg_model_free(mg_model *M) {
     if (M == NULL) return;
     free(M->params); free(M->grads); free(M->m_adam); free(M->v_adam);
-    free(M->kcache); free(M->vcache); free(M->wT);
+    free(M->kcache); free(M->vcache); free(M->wT); free(M->piece_max);
     free_activations(M);
     free(M);
 }
@@ -226,14 +234,16 @@ static int alloc_activations(mg_model *M, size_t max_tokens) {
     int32_t *in = calloc(max_tokens, sizeof(int32_t)), *tg = calloc(max_tokens, sizeof(int32_t));
     int32_t *ps = calloc(max_tokens, sizeof(int32_t)), *dl = calloc(max_tokens, sizeof(int32_t));
     size_t *doff = calloc(max_tokens + 1, sizeof(size_t));
-    if (!acts || !dacts || !in || !tg || !ps || !dl || !doff) {
-        free(acts); free(dacts); free(in); free(tg); free(ps); free(dl); free(doff);
+    double *dloss = calloc(max_tokens, sizeof(double));
+    if (!acts || !dacts || !in || !tg || !ps || !dl || !doff || !dloss) {
+        free(acts); free(dacts); free(in); free(tg); free(ps); free(dl); free(doff); free(dloss);
         return MG_ERR_NOMEM;
     }
     free_activations(M);
     M->acts = acts; M->dacts = dacts;
     M->inputs = in; M->targets = tg; M->positions = ps; M->doc_lens = dl;
     M->doc_offsets = doff;
+    M->doc_loss = dloss;
     M->acts_layout = A;
     M->max_tokens = max_tokens;
     M->have_forward = 0;
@@ -260,7 +270,9 @@ int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_
     M->wT = calloc(s.wT ? s.wT : 1, M->elem_size);
     M->kcache = calloc(s.cache ? s.cache : 1, M->elem_size);
     M->vcache = calloc(s.cache ? s.cache : 1, M->elem_size);
+    M->piece_max = calloc(s.piece_max, sizeof(double));
     if (!M->params || !M->grads || !M->m_adam || !M->v_adam || !M->kcache || !M->vcache || !M->wT ||
+        !M->piece_max ||
         (rc = alloc_activations(M, max_tokens)) != MG_OK) {
         mg_model_free(M);
         return rc != MG_OK ? rc : MG_ERR_NOMEM;
@@ -291,6 +303,23 @@ static void set_batch_layout(mg_model *M, int n_docs, int total_docs) {
     M->total_docs = total_docs;
 }
 
+void mg_assemble_batch(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
+                       int64_t n_docs, long s, int batch) {
+    const int T = M->cfg.block_size;
+    size_t N = 0;
+    for (int b = 0; b < batch; b++) {
+        const int64_t d = (int64_t)(((uint64_t)s * (uint64_t)batch + (uint64_t)b) % (uint64_t)n_docs);
+        const int32_t *tok = corpus + doc_starts[d];
+        const int64_t len = doc_starts[d + 1] - doc_starts[d];
+        const int n = len - 1 < T ? (int)(len - 1) : T;
+        memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
+        memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
+        M->doc_lens[b] = n;
+        N += (size_t)n;
+    }
+    set_batch_layout(M, batch, batch);
+}
+
 int mg_forward(mg_model *M, const int32_t *inputs, const int32_t *targets,
                const int32_t *doc_lens, int n_docs, double *loss) {
     return mg_forward_partial(M, inputs, targets, doc_lens, n_docs, n_docs, loss);
@@ -301,6 +330,7 @@ int mg_forward_partial(mg_model *M, const int32_t *inputs, const int32_t *target
     if (M == NULL || inputs == NULL || targets == NULL || doc_lens == NULL || loss == NULL)
         return MG_ERR_ARG;
     M->have_forward = 0;
+    M->wT_valid = 0;  /* params may have been changed since */
     if (n_docs < 1 || total_docs < n_docs) return MG_ERR_LENGTH;
     size_t N = 0;
     for (int d = 0; d < n_docs; d++) {
@@ -324,6 +354,7 @@ int mg_forward_partial(mg_model *M, const int32_t *inputs, const int32_t *target
 
 int mg_backward(mg_model *M) {
     if (M == NULL) return MG_ERR_ARG;
+    M->wT_valid = 0;
     if (!M->have_forward) return MG_ERR_STATE;
     return M->dtype == MG_FLOAT64 ? mg_backward_f64(M) : mg_backward_f32(M);
 }
@@ -342,6 +373,7 @@ static int grads_finite(const mg_model *M) {
 
 int mg_adam_step(mg_model *M, double lr_t, double beta1, double beta2, double eps, long t) {
     if (M == NULL) return MG_ERR_ARG;
+    M->wT_valid = 0;
     /* never apply a NaN/inf update: the parameters stay as they were */
     if (!grads_finite(M)) {
         mg_zero_grad(M);
@@ -389,38 +421,34 @@ int mg_train_steps(mg_model *M, const int32_t *corpus, const int64_t *doc_starts
     if (!mul_ok((size_t)batch, (size_t)T, &cap)) return MG_ERR_OVERFLOW;
     int rc = mg_model_reserve(M, cap);
     if (rc != MG_OK) return rc;
+    M->wT_valid = 0;  /* params may have been changed since the last call */
+    /* a batched run with a team: every step in one persistent team */
+    rc = M->dtype == MG_FLOAT64
+             ? mg_train_steps_team_f64(M, corpus, doc_starts, n_docs, step0, n_steps, num_steps, batch,
+                                       lr, beta1, beta2, eps, losses, lrs, steps_done)
+             : mg_train_steps_team_f32(M, corpus, doc_starts, n_docs, step0, n_steps, num_steps, batch,
+                                       lr, beta1, beta2, eps, losses, lrs, steps_done);
+    if (rc != -2) return rc;
     for (long i = 0; i < n_steps; i++) {
         const long s = step0 + i;
-        size_t N = 0;
-        for (int b = 0; b < batch; b++) {
-            const int64_t d = (int64_t)(((uint64_t)s * (uint64_t)batch + (uint64_t)b) % (uint64_t)n_docs);
-            const int32_t *tok = corpus + doc_starts[d];
-            const int64_t len = doc_starts[d + 1] - doc_starts[d];
-            const int n = len - 1 < T ? (int)(len - 1) : T;
-            memcpy(M->inputs + N, tok, (size_t)n * sizeof(int32_t));
-            memcpy(M->targets + N, tok + 1, (size_t)n * sizeof(int32_t));
-            M->doc_lens[b] = n;
-            N += (size_t)n;
-        }
-        set_batch_layout(M, batch, batch);
+        mg_assemble_batch(M, corpus, doc_starts, n_docs, s, batch);
         double loss;
-        rc = M->dtype == MG_FLOAT64 ? mg_forward_f64(M, &loss) : mg_forward_f32(M, &loss);
-        losses[i] = loss;
-        if (rc != MG_OK) return rc;
         const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
         if (lrs != NULL) lrs[i] = lr_t;
-        if (i == 0 || !isfinite(lr_t) || !isfinite(beta1) || !isfinite(beta2) || !isfinite(eps)) {
-            /* the gradients may hold something on entry: the separate steps */
-            rc = mg_backward(M);
-            if (rc != MG_OK) return rc;
-            rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
-        } else {
-            /* the previous step left every gradient zero: backward and Adam fused */
-            rc = M->dtype == MG_FLOAT64 ? mg_backward_adam_f64(M, lr_t, beta1, beta2, eps, s + 1)
-                                        : mg_backward_adam_f32(M, lr_t, beta1, beta2, eps, s + 1);
-            /* -1: gradients not certainly finite, stored instead: the checked step */
-            if (rc == -1) rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
-        }
+        /* the first step of a call: the gradients may hold something on
+         * entry, so they are accumulated and the checked Adam step applies
+         * them; after it the previous step left every gradient zero and
+         * backward and Adam are fused */
+        const int fused = !(i == 0 || !isfinite(lr_t) || !isfinite(beta1) || !isfinite(beta2) ||
+                            !isfinite(eps));
+        rc = M->dtype == MG_FLOAT64
+                 ? mg_forward_backward_f64(M, &loss, fused, lr_t, beta1, beta2, eps, s + 1)
+                 : mg_forward_backward_f32(M, &loss, fused, lr_t, beta1, beta2, eps, s + 1);
+        losses[i] = loss;
+        if (rc == MG_ERR_NONFINITE) return rc;
+        /* not fused, or -1: gradients not certainly finite, stored instead:
+         * the checked step */
+        if (!fused || rc == -1) rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
         if (rc != MG_OK) return rc;
         *steps_done = i + 1;
     }

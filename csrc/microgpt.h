@@ -98,6 +98,9 @@ typedef struct mg_model {
     int32_t *positions;      /* (max_tokens) position of each token in its document */
     int32_t *doc_lens;       /* (max_tokens) */
     size_t *doc_offsets;     /* (max_tokens + 1) first token of each document */
+    double *doc_loss;        /* (max_tokens) each document's mean token loss */
+    double *piece_max;       /* (MG_MAX_PIECES, 2 (1 + 6L) + 1) per-piece maxima of the
+                              * backward (the fused Adam's finiteness check) */
     int n_tokens, n_docs;
     int total_docs;          /* the loss is (sum of document losses) / total_docs */
     int have_forward;        /* a training forward is saved for backward */
@@ -106,7 +109,16 @@ typedef struct mg_model {
      * (rebuilt from params by every forward; see model_impl.h) */
     void *wT;
     size_t wT_layer;         /* elements of one layer's transposed weights */
+    int wT_valid;            /* wT matches params (set only by a fused training
+                              * step inside mg_train_steps, which trusts it for
+                              * its next step; every other call clears it) */
 } mg_model;
+
+/* A batched step runs its documents in at most this many pieces (a number
+ * that depends only on the batch, never on the thread count). */
+#ifndef MG_MAX_PIECES
+#define MG_MAX_PIECES 8
+#endif
 
 /* ---- lifecycle ---------------------------------------------------------- */
 const char *mg_status_string(int status);
@@ -256,6 +268,29 @@ int mg_backward_adam_f64(mg_model *model, double lr_t, double beta1, double beta
                          double eps, long t);
 int mg_backward_adam_f32(mg_model *model, double lr_t, double beta1, double beta2,
                          double eps, long t);
+/* Forward and backward of the saved batch in one pass (one parallel region):
+ * with adam != 0 as mg_forward + mg_backward_adam (same returns), else as
+ * mg_forward + mg_backward.  MG_ERR_NONFINITE: the loss is not finite (no
+ * backward done). */
+int mg_forward_backward_f64(mg_model *model, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t);
+int mg_forward_backward_f32(mg_model *model, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t);
+/* mg_train_steps' batch of step s into model's batch buffers (inputs,
+ * targets, doc_lens, positions, doc_offsets, sizes); the corpus is valid. */
+void mg_assemble_batch(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                       int64_t n_docs, long s, int batch);
+/* mg_train_steps in one persistent team of threads (a batched run with
+ * enough work and a team), else -2 (nothing done: run the steps one by
+ * one).  Arguments validated by mg_train_steps. */
+int mg_train_steps_team_f64(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done);
+int mg_train_steps_team_f32(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done);
 int mg_infer_logits_f64(mg_model *model, int token, int pos, double *logits);
 int mg_infer_logits_f32(mg_model *model, int token, int pos, double *logits);
 /* The same from transposed weights built once by mg_infer_prepare_* (for a

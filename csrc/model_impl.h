@@ -115,26 +115,34 @@ static void FN(attention_docs_backward)(const mg_model *M, const FN(layer_acts_t
     }
 }
 
-/* The transformer blocks on N tokens whose layer input is `x` (N, C).
+/* Every per-token activation row is computed by the same operations whatever
+ * rows a kernel call covers (matmul outputs are sequential sums per element,
+ * norms and softmaxes per row, attention per document), so running the batch
+ * in pieces of documents gives exactly the values of one whole-batch call. */
+
+/* The transformer blocks on the n token rows r0 .. r0+n-1 (documents
+ * d0 .. d1-1) whose layer input is x (the whole (N, C) buffer).
  * Training (kc == NULL): attention per document with p0 = 0.
- * Inference (kc != NULL, N == 1): k, v are appended to the cache at `pos`
- * and the query attends the cache.  Returns the final block output. */
-static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, REAL *vc,
-                                int use_T) {
+ * Inference (kc != NULL, n == 1, r0 == 0): k, v are appended to the cache
+ * at `pos` and the query attends the cache.  Returns the final block output
+ * (the whole buffer). */
+static REAL *FN(blocks_forward)(mg_model *M, REAL *x, size_t r0, int n, int d0, int d1, int pos,
+                                REAL *kc, REAL *vc, int use_T) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
+    const size_t rC = r0 * (size_t)C, r4C = 4 * rC;
     for (int l = 0; l < M->cfg.n_layer; l++) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, (REAL *)M->acts, l);
         const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
-        FN(rmsnorm_forward)(a.ln1, a.ln1s, x, N, C);
+        FN(rmsnorm_forward)(a.ln1 + rC, a.ln1s + r0, x + rC, n, C);
         if (!use_T) {
-            FN(matmul_forward)(a.q, a.ln1, w.wq, N, C, C);
-            FN(matmul_forward)(a.k, a.ln1, w.wk, N, C, C);
-            FN(matmul_forward)(a.v, a.ln1, w.wv, N, C, C);
+            FN(matmul_forward)(a.q + rC, a.ln1 + rC, w.wq, n, C, C);
+            FN(matmul_forward)(a.k + rC, a.ln1 + rC, w.wk, n, C, C);
+            FN(matmul_forward)(a.v + rC, a.ln1 + rC, w.wv, n, C, C);
         } else {
-            FN(matmul_forward_T)(a.q, a.ln1, FN(wT_layer)(M, l, MG_WQ), N, C, C, Cp);
-            FN(matmul_forward_T)(a.k, a.ln1, FN(wT_layer)(M, l, MG_WK), N, C, C, Cp);
-            FN(matmul_forward_T)(a.v, a.ln1, FN(wT_layer)(M, l, MG_WV), N, C, C, Cp);
+            FN(matmul_forward_T)(a.q + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WQ), n, C, C, Cp);
+            FN(matmul_forward_T)(a.k + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WK), n, C, C, Cp);
+            FN(matmul_forward_T)(a.v + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WV), n, C, C, Cp);
         }
         if (kc != NULL) {
             REAL *kl = kc + (size_t)l * T * C, *vl = vc + (size_t)l * T * C;
@@ -143,88 +151,91 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, int N, int pos, REAL *kc, 
             FN(attention_forward)(a.atty, a.att, a.q, kl, vl, 1, pos, C, NH, T);
         } else {
             /* documents are independent: one thread per document when the
-             * batch is large (each writes only its own rows) */
-            const int nd = M->n_docs;
-            if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+             * batch is large and no team is running (each writes only its
+             * own rows) */
+            if (MG_USE_THREADS((size_t)n * T * C, d1 - d0)) {
                 MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-                for (int d = 0; d < nd; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
+                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
             } else {
-                FN(attention_docs_forward)(M, &a, 0, nd);
+                FN(attention_docs_forward)(M, &a, d0, d1);
             }
         }
-        if (!use_T) FN(matmul_forward)(a.attproj, a.atty, w.wo, N, C, C);
-        else FN(matmul_forward_T)(a.attproj, a.atty, FN(wT_layer)(M, l, MG_WO), N, C, C, Cp);
-        FN(residual_forward)(a.res2, a.attproj, x, (size_t)N * C);
-        FN(rmsnorm_forward)(a.ln2, a.ln2s, a.res2, N, C);
-        if (!use_T) FN(matmul_forward)(a.fch, a.ln2, w.fc1, N, C, 4 * C);
-        else FN(matmul_forward_T)(a.fch, a.ln2, FN(wT_layer)(M, l, MG_FC1), N, C, 4 * C, C4p);
-        FN(relu_forward)(a.fchr, a.fch, (size_t)N * 4 * C);
-        if (!use_T) FN(matmul_forward)(a.fcproj, a.fchr, w.fc2, N, 4 * C, C);
-        else FN(matmul_forward_T)(a.fcproj, a.fchr, FN(wT_layer)(M, l, MG_FC2), N, 4 * C, C, Cp);
-        FN(residual_forward)(a.res3, a.fcproj, a.res2, (size_t)N * C);
+        if (!use_T) FN(matmul_forward)(a.attproj + rC, a.atty + rC, w.wo, n, C, C);
+        else FN(matmul_forward_T)(a.attproj + rC, a.atty + rC, FN(wT_layer)(M, l, MG_WO), n, C, C, Cp);
+        FN(residual_forward)(a.res2 + rC, a.attproj + rC, x + rC, (size_t)n * C);
+        FN(rmsnorm_forward)(a.ln2 + rC, a.ln2s + r0, a.res2 + rC, n, C);
+        if (!use_T) FN(matmul_forward)(a.fch + r4C, a.ln2 + rC, w.fc1, n, C, 4 * C);
+        else FN(matmul_forward_T)(a.fch + r4C, a.ln2 + rC, FN(wT_layer)(M, l, MG_FC1), n, C, 4 * C, C4p);
+        FN(relu_forward)(a.fchr + r4C, a.fch + r4C, (size_t)n * 4 * C);
+        if (!use_T) FN(matmul_forward)(a.fcproj + rC, a.fchr + r4C, w.fc2, n, 4 * C, C);
+        else FN(matmul_forward_T)(a.fcproj + rC, a.fchr + r4C, FN(wT_layer)(M, l, MG_FC2), n, 4 * C, C, Cp);
+        FN(residual_forward)(a.res3 + rC, a.fcproj + rC, a.res2 + rC, (size_t)n * C);
         x = a.res3;
     }
     return x;
 }
 
-/* Embedding and first RMSNorm of the saved batch; returns x0. */
-static REAL *FN(embed_forward)(mg_model *M, int N) {
+/* Embedding and first RMSNorm of rows r0 .. r0+n-1 of the saved batch;
+ * returns x0 (the whole buffer). */
+static REAL *FN(embed_forward)(mg_model *M, size_t r0, int n) {
     const mg_act_layout *A = &M->acts_layout;
+    const size_t rC = r0 * (size_t)M->cfg.n_embd;
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    FN(encoder_forward)(acts + A->emb, M->inputs, M->positions, g.wte, g.wpe, N, M->cfg.n_embd);
-    FN(rmsnorm_forward)(acts + A->x0, acts + A->x0s, acts + A->emb, N, M->cfg.n_embd);
+    FN(encoder_forward)(acts + A->emb + rC, M->inputs + r0, M->positions + r0, g.wte, g.wpe, n,
+                        M->cfg.n_embd);
+    FN(rmsnorm_forward)(acts + A->x0 + rC, acts + A->x0s + r0, acts + A->emb + rC, n,
+                        M->cfg.n_embd);
     return acts + A->x0;
 }
 
-int FN(mg_forward)(mg_model *M, double *loss) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
+/* Transposed weights (one transposing pass over them per forward) or the
+ * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per block
+ * and per-call copies): measured, the transposed weights win for batches of
+ * more than one register of tokens and for small models; a single short
+ * document in a wide model is faster token-lane.  Decided per batch (never
+ * per piece of it).  Inference (one token at a time) always uses the
+ * token-lane kernel. */
+static int FN(use_wT)(const mg_model *M) { return M->n_tokens > MG_LANES || M->cfg.n_embd < 64; }
+
+/* Forward of documents d0 .. d1-1: their activation rows, per-token losses,
+ * the loss weights (dlosses) and each document's mean token loss in
+ * doc_loss[d]. */
+static void FN(forward_docs)(mg_model *M, int d0, int d1, int use_T) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
+    const size_t r0 = M->doc_offsets[d0];
+    const int n = (int)(M->doc_offsets[d1] - r0);
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    /* Transposed weights (one transposing pass over them per forward) or the
-     * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per
-     * block and per-call copies): measured, the transposed weights win for
-     * batches of more than one register of tokens and for small models;
-     * a single short document in a wide model is faster token-lane.
-     * Inference (one token at a time) always uses the token-lane kernel. */
-    const int use_T = N > MG_LANES || C < 64;
-    if (use_T) FN(build_wT)(M);
-    REAL *x = FN(embed_forward)(M, N);
-    x = FN(blocks_forward)(M, x, N, 0, NULL, NULL, use_T);
+    REAL *x = FN(embed_forward)(M, r0, n);
+    x = FN(blocks_forward)(M, x, r0, n, d0, d1, 0, NULL, NULL, use_T);
     REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
-    if (use_T) FN(matmul_forward_T)(acts + A->logits, x, FN(wT_lm)(M), N, C, V, FN(padT)(V));
-    else FN(matmul_forward)(acts + A->logits, x, g.lm_head, N, C, V);
-    FN(crossentropy_softmax_forward)(losses, acts + A->probs, acts + A->logits,
-                                     M->targets, N, V);
-    /* mean over each document's positions, then mean over the documents */
+    REAL *logits = acts + A->logits + r0 * V;
+    if (use_T) FN(matmul_forward_T)(logits, x + r0 * C, FN(wT_lm)(M), n, C, V, FN(padT)(V));
+    else FN(matmul_forward)(logits, x + r0 * C, g.lm_head, n, C, V);
+    FN(crossentropy_softmax_forward)(losses + r0, acts + A->probs + r0 * V, logits,
+                                     M->targets + r0, n, V);
+    /* mean over each document's positions (the mean over documents is
+     * taken by the caller, in document order) */
     const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
-    REAL batch = 0;
-    for (int d = 0; d < M->n_docs; d++) {
-        const int n = M->doc_lens[d];
+    for (int d = d0; d < d1; d++) {
+        const int nd = M->doc_lens[d];
         const size_t off = M->doc_offsets[d];
-        const REAL inv_n = (REAL)1 / (REAL)n;
+        const REAL inv_n = (REAL)1 / (REAL)nd;
         REAL s = 0;
-        for (int t = 0; t < n; t++) s += losses[off + t];
-        batch += s * inv_n;
-        for (int t = 0; t < n; t++) dlosses[off + t] = inv_n * inv_docs;
+        for (int t = 0; t < nd; t++) s += losses[off + t];
+        M->doc_loss[d] = (double)(s * inv_n);  /* exact: a REAL in a double */
+        for (int t = 0; t < nd; t++) dlosses[off + t] = inv_n * inv_docs;
     }
-    const REAL result = batch * inv_docs;
-    *loss = (double)result;
-    if (!isfinite(result)) { M->have_forward = 0; return MG_ERR_NONFINITE; }
-    M->have_forward = 1;
-    return MG_OK;
 }
 
-/* matmul_backward of a weight tensor of the model: into the gradients, or
- * (adam != NULL) only dinp now; the weight's update is applied after the
- * whole backward (see weight_job). */
-static void FN(model_matmul_backward)(mg_model *M, REAL *dinp, REAL *dweight, const REAL *dout,
-                                      const REAL *inp, REAL *weight, int N, int C, int OC,
-                                      const FN(adam_ctx_t) *adam) {
-    (void)M;
-    FN(matmul_backward_dinp_all)(dinp, dout, weight, N, C, OC);
-    if (adam == NULL) FN(matmul_backward_dweight_all)(dweight, dout, inp, weight, N, C, OC, NULL);
+/* The batch loss from doc_loss, summed in document order. */
+static REAL FN(batch_loss)(const mg_model *M) {
+    const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
+    REAL batch = 0;
+    for (int d = 0; d < M->n_docs; d++) batch += (REAL)M->doc_loss[d];
+    return batch * inv_docs;
 }
 
 /* Weight-gradient job j of the saved backward (j = 0: lm_head; 1 + 6l + k:
@@ -261,129 +272,386 @@ static FN(wjob_t) FN(weight_job)(mg_model *M, int j) {
     return J;
 }
 
-static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam);
-
-int FN(mg_backward)(mg_model *M) { return FN(backward_impl)(M, NULL); }
-
-/* Backward fused with the Adam step (the training loop, with all gradients
- * zero on entry).  The activation gradients first; then, if every weight
- * gradient is certainly finite (finite inputs with N max|dout| max|inp| far
- * below the overflow threshold), each weight matrix's gradient goes straight
- * into its Adam update without being stored (wte and wpe go through the
- * gradient buffer, zeroed again): the same values as mg_backward +
- * mg_adam_step.  Otherwise the gradients are accumulated into grads, nothing
- * is updated, and -1 is returned: the caller runs mg_adam_step, which
- * decides (and refuses a non-finite gradient). */
-int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
-                         long t) {
-    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
-    int rc = FN(backward_impl)(M, &A);
-    if (rc != MG_OK) return rc;
-    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
-    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
-    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308;
-    const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
-    double unused;
-    int safe = FN(finite_maxabs)((REAL *)M->grads + e0, e1 - e0, &unused);
-    for (int j = 0; j < jobs && safe; j++) {
-        const FN(wjob_t) J = FN(weight_job)(M, j);
-        double md, mx;
-        safe = FN(finite_maxabs)(J.dout, (size_t)N * J.OC, &md) &&
-               FN(finite_maxabs)(J.inp, (size_t)N * J.C, &mx) &&
-               (double)N * md * mx * 4 <= big;
-    }
-    for (int j = 0; j < jobs; j++) {
-        const FN(wjob_t) J = FN(weight_job)(M, j);
-        if (!safe) {
-            FN(matmul_backward_dweight_all)(J.dweight, J.dout, J.inp, J.weight, N, J.C, J.OC, NULL);
-            continue;
-        }
-        const size_t off = (size_t)(J.weight - (REAL *)M->params);
-        FN(adam_ctx_t) Aw = A;
-        Aw.m = (REAL *)M->m_adam + off;
-        Aw.v = (REAL *)M->v_adam + off;
-        FN(matmul_backward_dweight_all)(NULL, J.dout, J.inp, J.weight, N, J.C, J.OC, &Aw);
-    }
-    if (!safe) return -1;
-    FN(adam_run)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
-                 (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, &A);
-    return MG_OK;
-}
-
-static int FN(backward_impl)(mg_model *M, const FN(adam_ctx_t) *adam) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, V = M->cfg.vocab_size;
-    const int T = M->cfg.block_size, L = M->cfg.n_layer;
+/* Backward of documents d0 .. d1-1 down to the activation gradients of their
+ * rows (dacts, zeroed first); no weight gradient (see weight_task).  With
+ * maxabs != NULL, the largest |value| of each weight job's dout and inp over
+ * these rows goes to maxabs[2j], maxabs[2j + 1], and of d(emb) to
+ * maxabs[2 jobs] (+inf where a value is not finite). */
+static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
+    const size_t r0 = M->doc_offsets[d0];
+    const int n = (int)(M->doc_offsets[d1] - r0);
+    const size_t rC = r0 * (size_t)C, r4C = 4 * rC, nC = (size_t)n * C;
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
-    /* zero the first N rows of every activation gradient that is accumulated */
-    const size_t NC = (size_t)N * C;
-    FN(zero)(dacts + A->emb, NC);
-    FN(zero)(dacts + A->x0, NC);
-    FN(zero)(dacts + A->logits, (size_t)N * V);
-    /* per layer: 10 buffers of N*C and 2 of 4*N*C, zeroed in 18 pieces of N*C
-     * (across threads when large: plain stores, no order question) */
-    const int pieces = 18 * L;
-    if (MG_USE_THREADS(NC * (size_t)pieces, pieces)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
-        for (int j = 0; j < pieces; j++) {
-            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, j / 18);
-            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
-                          da.fcproj, da.res3};
-            const int r = j % 18;
-            if (r < 10) FN(zero)(nc[r], NC);
-            else if (r < 14) FN(zero)(da.fch + (size_t)(r - 10) * NC, NC);
-            else FN(zero)(da.fchr + (size_t)(r - 14) * NC, NC);
-        }
-    } else {
-        for (int l = 0; l < L; l++) {
-            FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
-            REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
-                          da.fcproj, da.res3};
-            for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j], NC);
-            FN(zero)(da.fch, 4 * NC);
-            FN(zero)(da.fchr, 4 * NC);
-        }
+    /* zero these rows of every activation gradient that is accumulated */
+    FN(zero)(dacts + A->emb + rC, nC);
+    FN(zero)(dacts + A->x0 + rC, nC);
+    FN(zero)(dacts + A->logits + r0 * V, (size_t)n * V);
+    for (int l = 0; l < L; l++) {
+        FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
+        REAL *nc[] = {da.ln1, da.q, da.k, da.v, da.atty, da.attproj, da.res2, da.ln2,
+                      da.fcproj, da.res3};
+        for (size_t j = 0; j < sizeof nc / sizeof nc[0]; j++) FN(zero)(nc[j] + rC, nC);
+        FN(zero)(da.fch + r4C, 4 * nC);
+        FN(zero)(da.fchr + r4C, 4 * nC);
     }
 
     /* input of lm_head: output of the last block, or x0 when L == 0 */
-    REAL *x = L > 0 ? FN(layer_acts)(M, acts, L - 1).res3 : acts + A->x0;
     REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
-    FN(crossentropy_softmax_backward)(dacts + A->logits, acts + A->dlosses, acts + A->probs,
-                                      M->targets, N, V);
-    FN(model_matmul_backward)(M, dx, dg.lm_head, dacts + A->logits, x, g.lm_head, N, C, V, adam);
+    FN(crossentropy_softmax_backward)(dacts + A->logits + r0 * V, acts + A->dlosses + r0,
+                                      acts + A->probs + r0 * V, M->targets + r0, n, V);
+    FN(matmul_backward_dinp_all)(dx + rC, dacts + A->logits + r0 * V, g.lm_head, n, C, V);
 
     for (int l = L - 1; l >= 0; l--) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
-        FN(layer_params_t) dw = FN(layer_params)(M, (REAL *)M->grads, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, acts, l);
         FN(layer_acts_t) da = FN(layer_acts)(M, dacts, l);
         REAL *xin = l > 0 ? FN(layer_acts)(M, acts, l - 1).res3 : acts + A->x0;
         REAL *dxin = l > 0 ? FN(layer_acts)(M, dacts, l - 1).res3 : dacts + A->x0;
 
-        FN(residual_backward)(da.fcproj, da.res2, da.res3, (size_t)N * C);
-        FN(model_matmul_backward)(M, da.fchr, dw.fc2, da.fcproj, a.fchr, w.fc2, N, 4 * C, C, adam);
-        FN(relu_backward)(da.fch, da.fchr, a.fch, (size_t)N * 4 * C);
-        FN(model_matmul_backward)(M, da.ln2, dw.fc1, da.fch, a.ln2, w.fc1, N, C, 4 * C, adam);
-        FN(rmsnorm_backward)(da.res2, da.ln2, a.res2, a.ln2s, N, C);
-        FN(residual_backward)(da.attproj, dxin, da.res2, (size_t)N * C);
-        FN(model_matmul_backward)(M, da.atty, dw.wo, da.attproj, a.atty, w.wo, N, C, C, adam);
-        const int nd = M->n_docs;
-        if (MG_USE_THREADS((size_t)N * T * C, nd)) {
+        FN(residual_backward)(da.fcproj + rC, da.res2 + rC, da.res3 + rC, nC);
+        FN(matmul_backward_dinp_all)(da.fchr + r4C, da.fcproj + rC, w.fc2, n, 4 * C, C);
+        FN(relu_backward)(da.fch + r4C, da.fchr + r4C, a.fch + r4C, 4 * nC);
+        FN(matmul_backward_dinp_all)(da.ln2 + rC, da.fch + r4C, w.fc1, n, C, 4 * C);
+        FN(rmsnorm_backward)(da.res2 + rC, da.ln2 + rC, a.res2 + rC, a.ln2s + r0, n, C);
+        FN(residual_backward)(da.attproj + rC, dxin + rC, da.res2 + rC, nC);
+        FN(matmul_backward_dinp_all)(da.atty + rC, da.attproj + rC, w.wo, n, C, C);
+        if (MG_USE_THREADS((size_t)n * M->cfg.block_size * C, d1 - d0)) {
             MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-            for (int d = 0; d < nd; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
+            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
         } else {
-            FN(attention_docs_backward)(M, &da, &a, 0, nd);
+            FN(attention_docs_backward)(M, &da, &a, d0, d1);
         }
-        FN(model_matmul_backward)(M, da.ln1, dw.wq, da.q, a.ln1, w.wq, N, C, C, adam);
-        FN(model_matmul_backward)(M, da.ln1, dw.wk, da.k, a.ln1, w.wk, N, C, C, adam);
-        FN(model_matmul_backward)(M, da.ln1, dw.wv, da.v, a.ln1, w.wv, N, C, C, adam);
-        FN(rmsnorm_backward)(dxin, da.ln1, xin, a.ln1s, N, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.q + rC, w.wq, n, C, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.k + rC, w.wk, n, C, C);
+        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.v + rC, w.wv, n, C, C);
+        FN(rmsnorm_backward)(dxin + rC, da.ln1 + rC, xin + rC, a.ln1s + r0, n, C);
     }
-    FN(rmsnorm_backward)(dacts + A->emb, dacts + A->x0, acts + A->emb, acts + A->x0s, N, C);
-    FN(encoder_backward)(dg.wte, dg.wpe, dacts + A->emb, M->inputs, M->positions, N, C);
-    return MG_OK;
+    FN(rmsnorm_backward)(dacts + A->emb + rC, dacts + A->x0 + rC, acts + A->emb + rC,
+                         acts + A->x0s + r0, n, C);
+    if (maxabs == NULL) return;
+    const int jobs = 1 + MG_NUM_PER_LAYER * L;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        if (!FN(finite_maxabs)(J.dout + r0 * J.OC, (size_t)n * J.OC, &maxabs[2 * j]))
+            maxabs[2 * j] = INFINITY;
+        if (!FN(finite_maxabs)(J.inp + r0 * J.C, (size_t)n * J.C, &maxabs[2 * j + 1]))
+            maxabs[2 * j + 1] = INFINITY;
+    }
+    if (!FN(finite_maxabs)(dacts + A->emb + rC, nC, &maxabs[2 * jobs]))
+        maxabs[2 * jobs] = INFINITY;
+}
+
+/* Whether every weight gradient of the whole batch is certainly finite, from
+ * the pieces' maxima (finite inputs with N max|dout| max|inp| far below the
+ * overflow threshold; a wte/wpe gradient is a sum of at most N rows of
+ * d(emb)).  The same answer in every thread: maxima are exact. */
+static int FN(grads_safe)(const mg_model *M, const double *maxabs, int K) {
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer, stride = 2 * jobs + 1;
+    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308, N = (double)M->n_tokens;
+    for (int j = 0; j <= jobs; j++) {
+        double md = 0, mx = 0;
+        for (int c = 0; c < K; c++) {
+            const double *m = maxabs + (size_t)c * stride;
+            if (j < jobs) {
+                md = m[2 * j] > md ? m[2 * j] : md;
+                mx = m[2 * j + 1] > mx ? m[2 * j + 1] : mx;
+            } else {
+                md = m[2 * j] > md ? m[2 * j] : md;
+            }
+        }
+        if (j < jobs ? !(N * md * mx * 4 <= big) : !(N * md * 4 <= big)) return 0;
+    }
+    return 1;
+}
+
+#ifndef MG_TASK_WORK
+#define MG_TASK_WORK 4096   /* weight-gradient elements (rows x C) per task */
+#endif
+
+/* Rows o0 .. o1-1 of weight job j's tensor into wT (the same values
+ * build_wT_one gives them). */
+static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
+    const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
+    if (j == 0) {
+        FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
+        FN(transpose_weight)(FN(wT_lm)(M) + o0, g.lm_head + (size_t)o0 * C, o1 - o0, C, FN(padT)(V));
+        return;
+    }
+    const int l = (j - 1) / MG_NUM_PER_LAYER, which = (j - 1) % MG_NUM_PER_LAYER;
+    FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
+    REAL *dst = FN(wT_layer)(M, l, which) + o0;
+    const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
+    switch (which) {
+    case MG_WQ: FN(transpose_weight)(dst, w.wq + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WK: FN(transpose_weight)(dst, w.wk + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WV: FN(transpose_weight)(dst, w.wv + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_WO: FN(transpose_weight)(dst, w.wo + (size_t)o0 * C, o1 - o0, C, Cp); break;
+    case MG_FC1: FN(transpose_weight)(dst, w.fc1 + (size_t)o0 * C, o1 - o0, C, C4p); break;
+    default: FN(transpose_weight)(dst, w.fc2 + (size_t)o0 * 4 * C, o1 - o0, 4 * C, Cp); break;
+    }
+}
+
+/* The weight-gradient phase as tasks: wte/wpe (encoder backward), then
+ * every weight job in pieces of output rows of about the same work.  Each
+ * gradient element belongs to exactly one task and is summed over the
+ * batch's tokens in order, so the values never depend on which thread runs
+ * which task.  Threads take fixed contiguous shares of the task list by
+ * work (the same rows every step: the weights, moments and transposed rows
+ * a thread updates stay in its cache). */
+static int FN(rows_per_task)(int C) {
+    const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
+    return r < 4 ? 4 : r;
+}
+
+/* Rows o0 .. o1-1 of weight job J: accumulate their gradients into grads
+ * (A == NULL), or apply them by Adam at once (A != NULL). */
+static void FN(weight_rows)(mg_model *M, int j, const FN(wjob_t) *J, int o0, int o1,
+                            const FN(adam_ctx_t) *A, int transpose) {
+    const int N = M->n_tokens;
+    if (A == NULL) {
+        FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
+                                    NULL);
+        return;
+    }
+    const size_t off = (size_t)(J->weight - (REAL *)M->params);
+    FN(adam_ctx_t) Aw = *A;
+    Aw.m = (REAL *)M->m_adam + off;
+    Aw.v = (REAL *)M->v_adam + off;
+    FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
+    /* the updated rows into the transposed copy (columns o0 .. o1-1) for
+     * the next step's forward */
+    if (transpose) FN(transpose_rows)(M, j, o0, o1);
+}
+
+/* wte/wpe: the encoder backward (serial: tokens share rows), then Adam. */
+static void FN(embedding_task)(mg_model *M, const FN(adam_ctx_t) *A) {
+    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
+    const mg_act_layout *AL = &M->acts_layout;
+    FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
+    FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, M->inputs, M->positions, N, C);
+    if (A != NULL) {
+        const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
+        FN(adam_impl)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
+                      (REAL *)M->grads + e0, (REAL *)M->grads + e0, e1 - e0, A);
+    }
+}
+
+/* The share of thread `me` of `nt`: a task of cost `cost` starting at
+ * `acc` (of `total`) belongs to the thread whose share holds its middle. */
+static int FN(owner)(size_t acc, size_t cost, size_t total, int nt) {
+    const size_t o = (2 * acc + cost) * (size_t)nt / (2 * total);
+    return o < (size_t)nt ? (int)o : nt - 1;
+}
+
+/* Every weight-gradient task of thread me's share. */
+static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose, int me, int nt) {
+    const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
+    const size_t N = (size_t)M->n_tokens, C = (size_t)M->cfg.n_embd;
+    /* costs in multiply-adds per token: rows x inputs; the embedding's sums
+     * and its Adam update */
+    const size_t emb = 2 * C + 8 * (size_t)(M->cfg.vocab_size + M->cfg.block_size) * C / N;
+    size_t total = emb, acc = 0;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        total += (size_t)J.OC * (size_t)J.C;
+    }
+    if (FN(owner)(0, emb, total, nt) == me) FN(embedding_task)(M, A);
+    acc = emb;
+    for (int j = 0; j < jobs; j++) {
+        const FN(wjob_t) J = FN(weight_job)(M, j);
+        const int r = FN(rows_per_task)(J.C);
+        for (int o0 = 0; o0 < J.OC; o0 += r) {
+            const int o1 = o0 + r < J.OC ? o0 + r : J.OC;
+            const size_t cost = (size_t)(o1 - o0) * (size_t)J.C;
+            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, j, &J, o0, o1, A, transpose);
+            acc += cost;
+        }
+    }
+}
+
+/* Split the batch's documents into K contiguous pieces of about equal token
+ * counts; K depends only on the batch (never on the thread count). */
+static int FN(doc_pieces)(const mg_model *M, int *bounds) {
+    const int nd = M->n_docs;
+    const int K = nd < MG_MAX_PIECES ? nd : MG_MAX_PIECES;
+    const size_t N = (size_t)M->n_tokens;
+    bounds[0] = 0;
+    for (int c = 1; c < K; c++) {
+        const size_t target = N * (size_t)c / (size_t)K;
+        int d = bounds[c - 1] + 1;
+        while (d < nd - (K - c) && M->doc_offsets[d] < target) d++;
+        bounds[c] = d;
+    }
+    bounds[K] = nd;
+    return K;
+}
+
+#ifdef MG_PROF
+#include <stdio.h>
+static double FN(mg_prof)[4][5];
+__attribute__((destructor)) static void FN(prof_print)(void) {
+    for (int i = 0; i < 2; i++) if (FN(mg_prof)[i][4] > 0)
+        fprintf(stderr, "thread %d: endwait %.1f pieces %.1f wait %.1f tasks %.1f end-wait %.1f us/step\n", i,
+                FN(mg_prof)[i][0] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][1] / FN(mg_prof)[i][4] * 1e6,
+                FN(mg_prof)[i][2] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][3] / FN(mg_prof)[i][4] * 1e6, 0.0);
+}
+#define PT(x) double x = omp_get_wtime()
+#else
+#define PT(x)
+#endif
+/* A batched step goes to the team only above this many multiply-adds
+ * (about 12 C^2 L + V C per token): below, the two or three
+ * synchronisations per step (tens of microseconds with sleeping threads)
+ * cost more than the second thread saves (measured, f32, passive: 32/32/1
+ * B=32, 2.9M, 363 us on 1 thread, 383 on 2), and the step runs serially. */
+#ifndef MG_TEAM_MIN_WORK
+#define MG_TEAM_MIN_WORK 4000000
+#endif
+
+enum { MG_RUN_FORWARD = 1, MG_RUN_BACKWARD = 2 };
+
+/* The training forward and/or backward of the saved batch.
+ *
+ * With a team of threads and enough work, in ONE parallel region: the
+ * transposed weights (jobs across threads), then the documents in K fixed
+ * pieces (forward, loss weights and activation-gradient backward of a piece
+ * by one thread, the kernels serial inside it), then the weight gradients as
+ * fixed tasks (each gradient element written by one task, summed over the
+ * tokens in order; fused with Adam when A != NULL).  Otherwise the same
+ * computations on the whole batch at once, the kernels free to use threads
+ * themselves.  Both give the same bits (see above), whatever the thread
+ * count.
+ *
+ * Returns MG_OK; MG_ERR_NONFINITE if the forward's loss is not finite (then
+ * no backward); -1 with A != NULL if the gradients could not be guaranteed
+ * finite (then they were accumulated into grads, nothing updated: the caller
+ * runs mg_adam_step). */
+static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double *loss) {
+    int bounds[MG_MAX_PIECES + 1];
+    const int N = M->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
+    const int use_T = FN(use_wT)(M);
+    const int fwd = (what & MG_RUN_FORWARD) != 0, bwd = (what & MG_RUN_BACKWARD) != 0;
+    /* work of a step: about 12 C^2 + V C multiply-adds per token and layer */
+    const size_t work = (size_t)N * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
+                                                 (size_t)M->cfg.vocab_size);
+    const int par = M->n_docs > 1 && work >= MG_TEAM_MIN_WORK && MG_USE_THREADS(work, 2);
+    const int K = par ? FN(doc_pieces)(M, bounds) : 1;
+    const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
+    (void)stride; (void)K;  /* unused without OpenMP */
+    int status = MG_OK;
+    /* wT: rebuilt unless the previous fused step of this mg_train_steps call
+     * left it up to date; a fused step that uses it keeps it up to date */
+    const int build = fwd && use_T && !M->wT_valid;
+    const int retranspose = bwd && A != NULL && use_T;
+    M->wT_valid = 0;
+    if (!par) {
+        /* the same steps, serial; a batch too small for the team is too
+         * small for per-kernel regions too (measured: slower than one
+         * thread), a single document keeps the kernels' own threading */
+#ifdef _OPENMP
+        const int was_serial = mg_serial;
+        if (M->n_docs > 1) mg_serial = 1;
+#endif
+        PT(ta);
+        if (build) FN(build_wT)(M);
+        PT(tb);
+        if (fwd) FN(forward_docs)(M, 0, M->n_docs, use_T);
+        if (bwd) FN(backward_docs)(M, 0, M->n_docs, A != NULL ? M->piece_max : NULL);
+        PT(tc);
+        const int ok = !fwd || isfinite(FN(batch_loss)(M));
+        const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, 1);
+        if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, 0, 1);
+        if (!ok) status = MG_ERR_NONFINITE;
+        else if (bwd && !safe) status = -1;
+#ifdef _OPENMP
+        mg_serial = was_serial;
+#endif
+#ifdef MG_PROF
+        PT(te);
+        if (fwd && bwd) { double *P = FN(mg_prof)[0];
+          P[0] += tb - ta; P[1] += tc - tb; P[3] += te - tc; P[4] += 1; }
+#endif
+    } else {
+        MG_PRAGMA(omp parallel num_threads(mg_team_size()))
+        {
+            PT(ta);
+            if (build) {
+                MG_PRAGMA(omp for schedule(dynamic, 1))
+                for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
+            }
+            PT(tb);
+            const int me = mg_thread_num(), nt = mg_num_threads();
+            /* fixed contiguous shares of the pieces by tokens (the same rows
+             * on the same thread every step) */
+            for (int c = 0; c < K; c++) {
+                const size_t t0 = M->doc_offsets[bounds[c]], t1 = M->doc_offsets[bounds[c + 1]];
+                if (FN(owner)(t0, t1 - t0, (size_t)N, nt) != me) continue;
+                if (fwd) FN(forward_docs)(M, bounds[c], bounds[c + 1], use_T);
+                if (bwd) FN(backward_docs)(M, bounds[c], bounds[c + 1],
+                                           A != NULL ? M->piece_max + (size_t)c * stride : NULL);
+            }
+            PT(tc);
+            MG_PRAGMA(omp barrier)
+            PT(td);
+            /* (after the barrier above every piece is done; each thread
+             * takes the same decisions) */
+            const int ok = !fwd || isfinite(FN(batch_loss)(M));
+            const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, K);
+            if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, me, nt);
+#ifdef MG_PROF
+            PT(tf);
+            MG_PRAGMA(omp barrier)
+#endif
+#ifdef MG_PROF
+            PT(te);
+            if (fwd && bwd) { int me = omp_get_thread_num(); double *P = FN(mg_prof)[me];
+              P[0] += te - tf; P[1] += tc - tb; P[2] += td - tc; P[3] += tf - td; P[4] += 1; }
+#endif
+            MG_PRAGMA(omp master)
+            { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = -1; }
+        }
+    }
+    if (status == MG_OK && retranspose) M->wT_valid = 1;
+    if (fwd) {
+        const REAL result = FN(batch_loss)(M);
+        *loss = (double)result;
+        M->have_forward = isfinite(result) ? 1 : 0;
+    }
+    return status;
+}
+
+int FN(mg_forward)(mg_model *M, double *loss) {
+    return FN(run_batch)(M, MG_RUN_FORWARD, NULL, loss);
+}
+
+int FN(mg_backward)(mg_model *M) {
+    return FN(run_batch)(M, MG_RUN_BACKWARD, NULL, NULL);
+}
+
+/* Backward fused with the Adam step (the training loop, with all gradients
+ * zero on entry).  The activation gradients first; then, if every weight
+ * gradient is certainly finite (see grads_safe), each weight matrix's
+ * gradient goes straight into its Adam update without being stored (wte and
+ * wpe go through the gradient buffer, zeroed again): the same values as
+ * mg_backward + mg_adam_step.  Otherwise the gradients are accumulated into
+ * grads, nothing is updated, and -1 is returned: the caller runs
+ * mg_adam_step, which decides (and refuses a non-finite gradient). */
+int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
+                         long t) {
+    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
+    return FN(run_batch)(M, MG_RUN_BACKWARD, &A, NULL);
+}
+
+/* Forward and backward of the saved batch in one go (one parallel region):
+ * fused with Adam as mg_backward_adam when adam != 0, else the gradients
+ * accumulated as mg_backward.  Returns as run_batch. */
+int FN(mg_forward_backward)(mg_model *M, double *loss, int adam, double lr_t, double beta1,
+                            double beta2, double eps, long t) {
+    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
+    return FN(run_batch)(M, MG_RUN_FORWARD | MG_RUN_BACKWARD, adam ? &A : NULL, loss);
 }
 
 /* One token of inference; use_T: with the transposed weights (which must be
@@ -397,8 +665,8 @@ static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int
     M->have_forward = 0;
     M->inputs[0] = token;
     M->positions[0] = pos;
-    REAL *x = FN(embed_forward)(M, 1);
-    x = FN(blocks_forward)(M, x, 1, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
+    REAL *x = FN(embed_forward)(M, 0, 1);
+    x = FN(blocks_forward)(M, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
     REAL *z = acts + A->logits;
     if (use_T) FN(matmul_forward_T)(z, x, FN(wT_lm)(M), 1, C, V, FN(padT)(V));
     else FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
@@ -416,4 +684,129 @@ void FN(mg_infer_prepare)(mg_model *M) { FN(build_wT)(M); }
 
 int FN(mg_infer_logits_T)(mg_model *M, int token, int pos, double *logits) {
     return FN(infer_logits)(M, token, pos, logits, 1);
+}
+
+/* mg_train_steps with one team for the whole call (a batched run with
+ * enough work): the same steps as run_batch's region, but the threads stay
+ * in the team between steps and a step has two synchronisations, not three
+ * (no fork per step): after the pieces, and at the end of the step, by
+ * which the master has also assembled the next step's batch into a second
+ * set of batch buffers (a second view of the model: same parameters and
+ * activations, its own batch), so nobody waits for it.  Same values as the
+ * step-by-step loop. */
+int FN(mg_train_steps_team)(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
+                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
+                            double lr, double beta1, double beta2, double eps,
+                            double *losses, double *lrs, long *steps_done) {
+    const int T = M->cfg.block_size, C = M->cfg.n_embd, L = M->cfg.n_layer;
+    /* tokens per step, estimated from the corpus's mean document */
+    const int64_t mean = (doc_starts[n_docs] - n_docs) / n_docs;
+    const size_t N_est = (size_t)batch * (size_t)(mean < T ? (mean > 1 ? mean : 1) : T);
+    const size_t work = N_est * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
+                                             (size_t)M->cfg.vocab_size);
+    if (batch < 2 || n_steps < 1 || work < MG_TEAM_MIN_WORK || !MG_USE_THREADS(work, 2)) return -2;
+    const size_t cap = M->max_tokens;
+    int32_t *ib = malloc(3 * cap * sizeof(int32_t)), *dl = malloc(cap * sizeof(int32_t));
+    size_t *doff = malloc((cap + 1) * sizeof(size_t));
+    double *dloss = malloc(cap * sizeof(double));
+    if (!ib || !dl || !doff || !dloss) {
+        free(ib); free(dl); free(doff); free(dloss);
+        return MG_ERR_NOMEM;
+    }
+    mg_model view[2];
+    view[0] = *M;
+    view[1] = *M;
+    view[1].inputs = ib; view[1].targets = ib + cap; view[1].positions = ib + 2 * cap;
+    view[1].doc_lens = dl; view[1].doc_offsets = doff; view[1].doc_loss = dloss;
+    int bounds[2][MG_MAX_PIECES + 1], K[2];
+    const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
+    int status = MG_OK, wT_valid = 0, last = 0, loss_bad = 0;
+    long done = 0;
+    mg_assemble_batch(&view[0], corpus, doc_starts, n_docs, step0, batch);
+    K[0] = FN(doc_pieces)(&view[0], bounds[0]);
+    MG_PRAGMA(omp parallel num_threads(mg_team_size()))
+    {
+        const int me = mg_thread_num(), nt = mg_num_threads();
+        for (long i = 0; i < n_steps; i++) {
+            mg_model *V = &view[i & 1];
+            const int *bd = bounds[i & 1], k = K[i & 1];
+            const long s = step0 + i;
+            const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
+            /* the first step of a call: accumulated gradients and the
+             * checked Adam step (as in mg_train_steps) */
+            const int fused = !(i == 0 || !isfinite(lr_t) || !isfinite(beta1) ||
+                                !isfinite(beta2) || !isfinite(eps));
+            const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, s + 1, NULL);
+            const int use_T = FN(use_wT)(V);
+            if (use_T && !wT_valid) {
+                MG_PRAGMA(omp for schedule(static))
+                for (int j = 0; j < jobs; j++) FN(build_wT_one)(V, j);
+            }
+            const size_t N = (size_t)V->n_tokens;
+            for (int c = 0; c < k; c++) {
+                const size_t t0 = V->doc_offsets[bd[c]], t1 = V->doc_offsets[bd[c + 1]];
+                if (FN(owner)(t0, t1 - t0, N, nt) != me) continue;
+                FN(forward_docs)(V, bd[c], bd[c + 1], use_T);
+                FN(backward_docs)(V, bd[c], bd[c + 1],
+                                  fused ? V->piece_max + (size_t)c * stride : NULL);
+            }
+            MG_PRAGMA(omp barrier)
+            /* every piece done; each thread takes the same decisions */
+            const REAL loss = FN(batch_loss)(V);
+            if (!isfinite(loss)) {
+                MG_PRAGMA(omp master)
+                { losses[i] = (double)loss; if (lrs != NULL) lrs[i] = lr_t;
+                  status = MG_ERR_NONFINITE; loss_bad = 1; last = (int)(i & 1); }
+                break;  /* all threads: no update, the team ends */
+            }
+            const int apply = fused && FN(grads_safe)(V, V->piece_max, k);
+            FN(weight_tasks)(V, apply ? &A : NULL, apply && use_T, me, nt);
+            if (!apply) {
+                /* the gradients were accumulated: the checked Adam step */
+                MG_PRAGMA(omp barrier)
+                MG_PRAGMA(omp master)
+                {
+                    const int rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+                    if (rc != MG_OK) status = rc;
+                }
+            }
+            MG_PRAGMA(omp master)
+            {
+                losses[i] = (double)loss;
+                if (lrs != NULL) lrs[i] = lr_t;
+                last = (int)(i & 1);
+                wT_valid = apply && use_T;
+                if (status == MG_OK) {
+                    done = i + 1;
+                    /* the next batch into the other view (no one reads it now) */
+                    if (i + 1 < n_steps) {
+                        mg_model *W = &view[(i + 1) & 1];
+                        mg_assemble_batch(W, corpus, doc_starts, n_docs, s + 1, batch);
+                        K[(i + 1) & 1] = FN(doc_pieces)(W, bounds[(i + 1) & 1]);
+                    }
+                }
+            }
+            MG_PRAGMA(omp barrier)
+            if (status != MG_OK) break;
+        }
+    }
+    /* the model's batch state is the last step's (as after the loop) */
+    if (last == 1) {
+        const mg_model *W = &view[1];
+        memcpy(M->inputs, W->inputs, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->targets, W->targets, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->positions, W->positions, (size_t)W->n_tokens * sizeof(int32_t));
+        memcpy(M->doc_lens, W->doc_lens, (size_t)W->n_docs * sizeof(int32_t));
+        memcpy(M->doc_offsets, W->doc_offsets, ((size_t)W->n_docs + 1) * sizeof(size_t));
+        memcpy(M->doc_loss, W->doc_loss, (size_t)W->n_docs * sizeof(double));
+        M->n_tokens = W->n_tokens; M->n_docs = W->n_docs; M->total_docs = W->total_docs;
+    } else {
+        M->n_tokens = view[0].n_tokens; M->n_docs = view[0].n_docs;
+        M->total_docs = view[0].total_docs;
+    }
+    M->have_forward = !loss_bad;
+    M->wT_valid = 0;
+    free(ib); free(dl); free(doff); free(dloss);
+    *steps_done = done;
+    return status;
 }

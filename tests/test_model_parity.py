@@ -446,3 +446,31 @@ def test_writing_params_changes_the_model():
     # the flat view and the named views share memory
     gpt.flat_params[:] = 0.25
     assert np.all(gpt.params["layer0.mlp_fc2"] == 0.25)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_docs", [2, 3, 7])
+def test_batched_gradients_match_reference(n_docs, threads, restore_threads):
+    """A batched forward/backward: its loss and gradients are the mean of
+    the reference's per-document ones, to float64 rounding.  (At this size
+    the step is serial; the team path gives the same bits as the serial one,
+    checked in test_threads.py at sizes above the team's threshold.)"""
+    microgpt_c.set_num_threads(threads)
+    seqs, ref_loss, ref_grads = _reference_batch(n_docs)
+    _, gpt = make_pair(**BATCH_CFG, seed=2)
+    loss = gpt.forward_backward_batch(seqs)
+    assert abs(loss - ref_loss) <= 1e-13 * abs(loss)
+    for name, g in ref_grads.items():
+        assert_close_rel(gpt.grads[name], g, 1e-12, what=name)
+
+
+BATCH_CFG = dict(vocab_size=27, n_layer=1, n_embd=32, n_head=4, block_size=16)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_batch(n_docs):
+    """Documents, the reference's mean loss and mean gradients (slow: once)."""
+    seqs = [random_tokens(27, 5 + 4 * (i % 4), seed=40 + i) for i in range(n_docs)]
+    ref, _ = make_pair(**BATCH_CFG, seed=2)
+    losses = [ref.forward_backward(s) for s in seqs]  # gradients accumulate: their sum
+    return seqs, float(np.mean(losses)), {k: np.array(g) / n_docs for k, g in ref.grads().items()}

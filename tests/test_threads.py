@@ -445,3 +445,114 @@ def test_set_num_threads_is_process_wide(restore_threads):
     other = _Runner(microgpt_c.get_num_threads)
     other.start()
     assert other.get() == target, "set_num_threads did not apply to another thread"
+
+
+# ======================================================================
+# Batched training: document-parallel steps, bit-identical for any thread
+# count
+# ======================================================================
+BATCHES = [1, 2, 3, 7, 16, 33]
+
+
+def _batched_run(dtype, batch, n_threads):
+    """train_steps in three calls (the first step of each call is the
+    unfused backward + checked Adam, the others fused and reusing the
+    transposed weights), then forward_backward_batch + adam_step (the
+    Python API's path); in a fresh thread with n_threads OpenMP threads."""
+    V = 27
+    docs, corpus, starts = _corpus(V, 61, 1, 22, seed=batch)  # some longer than the block
+
+    def run():
+        m = _model(7, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
+        losses = [m.train_steps(corpus, starts, s, n, 9, batch_size=batch)[0]
+                  for s, n in ((0, 4), (4, 1), (5, 3))]
+        seqs = docs[:batch]
+        loss = m.forward_backward_batch(seqs)
+        grads = m.flat_grads.copy()
+        m.adam_step(0.003, 9)
+        return (np.concatenate(losses), np.array([loss]), grads, m.flat_params.copy(),
+                m.adam_m.copy(), m.adam_v.copy())
+
+    t = _Runner(_in_thread(run, n_threads))
+    t.start()
+    return t.get()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_batched_training_same_bits_with_1_and_2_threads(dtype, batch, restore_threads):
+    """Losses, gradients, parameters and Adam moments are equal (not close)
+    with 1 and 2 OpenMP threads, at batch sizes where the 2-thread step runs
+    its documents in pieces across the team (batch >= 2: above the team's
+    work threshold of 4M multiply-adds a step, ~12 C^2 L per token) and at
+    batch 1 (no team)."""
+    one = _batched_run(dtype, batch, 1)
+    two = _batched_run(dtype, batch, 2)
+    for name, a, b in zip(["losses", "loss", "grads", "params", "adam_m", "adam_v"], one, two):
+        assert np.array_equal(a, b), f"{name} differ between 1 and 2 threads (batch {batch})"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [2, 7, 33])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_train_steps_equals_the_python_loop(dtype, batch, threads, restore_threads):
+    """mg_train_steps (fused backward + Adam, the transposed weights kept up
+    to date by the update instead of rebuilt) gives exactly what the Python
+    API's unfused loop gives: forward_backward_batch on the step's documents
+    (s * B + b) % n_docs, then adam_step with lr_t = lr (1 - s / num_steps)."""
+    V = 27
+    docs, corpus, starts = _corpus(V, 29, 1, 22, seed=3 + batch)
+    steps = 5
+
+    def run():
+        a = _model(4, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
+        b = _model(4, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
+        got, _ = a.train_steps(corpus, starts, 0, steps, steps, batch_size=batch)
+        want = []
+        for s in range(steps):
+            seqs = [docs[(s * batch + i) % len(docs)] for i in range(batch)]
+            want.append(b.forward_backward_batch(seqs))
+            b.adam_step(0.01 * (1 - s / steps), s + 1)
+        return got, np.array(want), a, b
+
+    t = _Runner(_in_thread(run, threads))
+    t.start()
+    got, want, a, b = t.get()
+    assert np.array_equal(got, want)
+    assert np.array_equal(a.flat_params, b.flat_params)
+    assert np.array_equal(a.adam_m, b.adam_m) and np.array_equal(a.adam_v, b.adam_v)
+
+
+@pytest.mark.parametrize("dtype, lr", [("float64", 1e300), ("float32", 1e30)])
+def test_batched_nonfinite_step_same_with_1_and_2_threads(dtype, lr, restore_threads):
+    """A run that blows up (huge learning rate) in the batched team path:
+    the same error at the same step with 1 and 2 threads and in one call or
+    step by step, the last completed step's parameters intact and equal."""
+    from microgpt_c.errors import NonFiniteLossError
+    V = 27
+    _, corpus, starts = _corpus(V, 40, 3, 14, seed=9)
+
+    def run(one_call):
+        m = _model(3, V=V, dtype=dtype, n_layer=4, n_embd=64, block_size=16)
+        try:
+            if one_call:
+                m.train_steps(corpus, starts, 0, 30, 30, batch_size=4, lr=lr)
+            else:
+                for k in range(30):
+                    m.train_steps(corpus, starts, k, 1, 30, batch_size=4, lr=lr)
+        except NonFiniteLossError as exc:
+            return exc.step, m.flat_params.copy(), m.adam_m.copy(), m.adam_v.copy()
+        pytest.fail("no NonFiniteLossError")
+
+    results = []
+    for threads in (1, 2):
+        for one_call in (True, False):
+            t = _Runner(_in_thread(lambda o=one_call: run(o), threads))
+            t.start()
+            results.append(t.get())
+    first = results[0]
+    assert np.all(np.isfinite(first[1]))
+    for r in results[1:]:
+        assert r[0] == first[0]
+        for a, b in zip(r[1:], first[1:]):
+            assert np.array_equal(a, b)
