@@ -489,19 +489,6 @@ static int FN(doc_pieces)(const mg_model *M, int *bounds) {
     return K;
 }
 
-#ifdef MG_PROF
-#include <stdio.h>
-static double FN(mg_prof)[4][5];
-__attribute__((destructor)) static void FN(prof_print)(void) {
-    for (int i = 0; i < 2; i++) if (FN(mg_prof)[i][4] > 0)
-        fprintf(stderr, "thread %d: endwait %.1f pieces %.1f wait %.1f tasks %.1f end-wait %.1f us/step\n", i,
-                FN(mg_prof)[i][0] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][1] / FN(mg_prof)[i][4] * 1e6,
-                FN(mg_prof)[i][2] / FN(mg_prof)[i][4] * 1e6, FN(mg_prof)[i][3] / FN(mg_prof)[i][4] * 1e6, 0.0);
-}
-#define PT(x) double x = omp_get_wtime()
-#else
-#define PT(x)
-#endif
 /* A batched step goes to the team only above this many multiply-adds
  * (about 12 C^2 L + V C per token): below, the two or three
  * synchronisations per step (tens of microseconds with sleeping threads)
@@ -555,12 +542,9 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
         const int was_serial = mg_serial;
         if (M->n_docs > 1) mg_serial = 1;
 #endif
-        PT(ta);
         if (build) FN(build_wT)(M);
-        PT(tb);
         if (fwd) FN(forward_docs)(M, 0, M->n_docs, use_T);
         if (bwd) FN(backward_docs)(M, 0, M->n_docs, A != NULL ? M->piece_max : NULL);
-        PT(tc);
         const int ok = !fwd || isfinite(FN(batch_loss)(M));
         const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, 1);
         if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, 0, 1);
@@ -569,20 +553,13 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
 #ifdef _OPENMP
         mg_serial = was_serial;
 #endif
-#ifdef MG_PROF
-        PT(te);
-        if (fwd && bwd) { double *P = FN(mg_prof)[0];
-          P[0] += tb - ta; P[1] += tc - tb; P[3] += te - tc; P[4] += 1; }
-#endif
     } else {
         MG_PRAGMA(omp parallel num_threads(mg_team_size()))
         {
-            PT(ta);
             if (build) {
                 MG_PRAGMA(omp for schedule(dynamic, 1))
                 for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
             }
-            PT(tb);
             const int me = mg_thread_num(), nt = mg_num_threads();
             /* fixed contiguous shares of the pieces by tokens (the same rows
              * on the same thread every step) */
@@ -593,23 +570,12 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
                 if (bwd) FN(backward_docs)(M, bounds[c], bounds[c + 1],
                                            A != NULL ? M->piece_max + (size_t)c * stride : NULL);
             }
-            PT(tc);
             MG_PRAGMA(omp barrier)
-            PT(td);
             /* (after the barrier above every piece is done; each thread
              * takes the same decisions) */
             const int ok = !fwd || isfinite(FN(batch_loss)(M));
             const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, K);
             if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, me, nt);
-#ifdef MG_PROF
-            PT(tf);
-            MG_PRAGMA(omp barrier)
-#endif
-#ifdef MG_PROF
-            PT(te);
-            if (fwd && bwd) { int me = omp_get_thread_num(); double *P = FN(mg_prof)[me];
-              P[0] += te - tf; P[1] += tc - tb; P[2] += td - tc; P[3] += tf - td; P[4] += 1; }
-#endif
             MG_PRAGMA(omp master)
             { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = -1; }
         }
