@@ -392,6 +392,33 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_single_document_steps_same_with_1_and_2_threads(dtype, restore_threads):
+    """One document per step (the SPEC's loop, no team): at n_embd=256 and 64
+    positions the MLP products (64 x 256 x 1024 multiply-adds) are above the
+    kernels' own OpenMP threshold, so the kernels split their rows across
+    threads; the result must not change."""
+    V = 29
+    _, corpus, starts = _corpus(V, 6, 70, 90, seed=17)
+
+    def run(n):
+        if microgpt_c.openmp_enabled():
+            assert microgpt_c.get_num_threads() == n
+        m = GPT(V, n_layer=1, n_embd=256, n_head=4, block_size=64, dtype=dtype)
+        m.init_weights(random.Random(5))
+        losses, _ = m.train_steps(corpus, starts, 0, 3, 10, batch_size=1)
+        loss = m.forward_backward(corpus[starts[3]:starts[4]])
+        return losses, m.flat_params.copy(), m.flat_grads.copy(), loss
+
+    results = {}
+    for n in (1, 2):
+        t = _Runner(_in_thread(lambda n=n: run(n), n))
+        t.start()
+        results[n] = t.get()
+    for a, b in zip(results[1], results[2]):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_same_results_with_1_and_2_threads(dtype, restore_threads):
     """n_embd=128, block 64, 8 documents of >= 64 tokens per step: 512 tokens,
     a matmul of 512 x 128 x 512 multiply-adds and attention over 64 positions,
