@@ -274,11 +274,18 @@ def trained_model(size: Size, dtype: str, data: Dataset, steps: int = 1000) -> G
     return model
 
 
+class _PythonLoopRandom(random.Random):
+    """random.Random under another type: sample_names then runs its Python
+    loop (model.logits + rng.choices per token) instead of the C loop."""
+
+
 def time_sampling(model: GPT, data: Dataset, min_time: float = 0.3, repeats: int = 5,
-                  temperature: float = 0.5) -> float:
-    """Median seconds per sampled name (KV-cache inference + the SPEC's sampling)."""
+                  temperature: float = 0.5, loop: str = "c") -> float:
+    """Median seconds per sampled name (KV-cache inference + the SPEC's
+    sampling): ``loop="c"`` the C sampling loop (GPT.sample_tokens, what
+    sample_names uses), ``"python"`` the Python loop over GPT.logits."""
     from microgpt_c.train import sample_names
-    rng = random.Random(SEED)
+    rng = random.Random(SEED) if loop == "c" else _PythonLoopRandom(SEED)
     return measure(lambda k: sample_names(model, data.tokenizer, rng, k, temperature),
                    min_time, repeats)
 

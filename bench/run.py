@@ -79,9 +79,12 @@ def worker(threads: int, settings: dict, baselines: bool, torch_ok: bool) -> dic
         return out
 
     size16 = B.SIZES[0]
-    out["sampling"] = {dtype: B.time_sampling(B.trained_model(size16, dtype, data), data,
-                                              s["min_time"], s["repeats"])
-                       for dtype in B.DTYPES}
+    trained = {dtype: B.trained_model(size16, dtype, data) for dtype in B.DTYPES}
+    out["sampling"] = {dtype: B.time_sampling(trained[dtype], data, s["min_time"],
+                                              s["repeats"]) for dtype in B.DTYPES}
+    out["sampling_python"] = {dtype: B.time_sampling(trained[dtype], data, s["min_time"],
+                                                     s["repeats"], loop="python")
+                              for dtype in B.DTYPES}
     row(size16, "reference", "float64", 1, B.time_reference_step(size16, data, s["ref_steps"]))
     for size in B.SIZES:
         for dtype in B.DTYPES:
@@ -409,11 +412,15 @@ def busy_warning(results):
 def details(results) -> list:
     lines = ["## Details", ""]
     sampling = results.get("sampling", {})
+    py = results.get("sampling_python", {})
     for dtype, sec in sampling.items():
         lines.append(f"- Sampling at 16/16 {dtype} after the default 1000-step training: "
-                     f"{1 / sec:,.0f} names/s ({sec * 1e6:.1f} µs/name; KV-cache "
-                     "`GPT.logits` + the SPEC's `rng.choices` loop, "
-                     "`microgpt_c.train.sample_names`).")
+                     f"{1 / sec:,.0f} names/s ({sec * 1e6:.1f} µs/name; the SPEC's loop in "
+                     "C with the KV cache and CPython's random stream, `GPT.sample_tokens` "
+                     "through `microgpt_c.train.sample_names`)"
+                     + (f"; the same names from the Python loop over `GPT.logits` and "
+                        f"`rng.choices`: {1 / py[dtype]:,.0f} names/s "
+                        f"({py[dtype] / sec:.1f}× slower)" if dtype in py else "") + ".")
     rss = results.get("rss")
     if rss:
         for steps, r in rss.items():
@@ -538,7 +545,7 @@ def main(argv=None) -> int:
         results["rows"] += res["rows"]
         results["notes"] += res["notes"]
         results["omp_threads"][n] = res["omp_max_threads"]
-        for key in ("sampling", "numpy_check", "torch_version"):
+        for key in ("sampling", "sampling_python", "numpy_check", "torch_version"):
             if key in res:
                 results[key] = res[key]
     if not torch_ok:
