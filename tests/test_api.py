@@ -166,7 +166,17 @@ def test_stop_after_and_resume_api(tmp_path):
     assert rest.losses == full.losses and rest.samples == full.samples
 
 
-def test_ctrl_c_in_process(tmp_path):
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test, even where the runner was
+    started with SIGINT ignored (a background job of a non-interactive shell,
+    nohup): an ignored SIGINT is inherited, and then never reaches Python."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_in_process(tmp_path, default_sigint):
     """A SIGINT during training stops at a step boundary and saves a checkpoint."""
     calls = []
 

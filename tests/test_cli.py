@@ -400,12 +400,20 @@ def test_plot_without_matplotlib(tmp_path, docs_file, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------ interrupts and NaN
+def _default_sigint():
+    """In the child before exec: SIGINT back to its default disposition, in
+    case the test runner inherited it ignored (a background job of a
+    non-interactive shell, nohup); Python then installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_a_checkpoint(tmp_path, docs_file):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "microgpt_c.train", "--data", str(docs_file), "--steps",
          "50000000", "--progress", "plain", "--log-every", "500", "--out", str(out)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
