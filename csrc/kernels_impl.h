@@ -271,8 +271,7 @@ MG_HOT static void NAME(REAL *out, const REAL *inp, const REAL *weight, int C, i
 }
 
 typedef REAL FN(hvec_t) __attribute__((vector_size(32), aligned(sizeof(REAL))));
-typedef REAL FN(fvec_t) __attribute__((vector_size(64), aligned(sizeof(REAL))));
-MG_DEFINE_MMF_BLOCK(FN(mmf_block_full), FN(fvec_t), MG_LANES)
+MG_DEFINE_MMF_BLOCK(FN(mmf_block_full), FN(uvec_t), MG_LANES)
 MG_DEFINE_MMF_BLOCK(FN(mmf_block_half), FN(hvec_t), MG_LANES / 2)
 #undef MG_DEFINE_MMF_BLOCK
 
@@ -1415,13 +1414,13 @@ MG_HOT static void FN(crossentropy_rows)(REAL *losses, REAL *probs, const REAL *
             enum { NB = MG_LANES };
             REAL buf[NB];
             int i = 0;
+            VEC tot = {0};
             for (; i + NB <= V; i += NB) {
                 VEC e = LOADU(z + i) - maxv;
                 FN(vexp)(&e);
                 STOREU(p + i, e);
+                tot += e;
             }
-            VEC tot = {0};
-            for (int j = 0; j < i; j += NB) tot += LOADU(p + j);
             if (i < V && V >= NB) {
                 /* the tail: the last full register of the row (overlapping the
                  * previous one; the overlapped lanes are recomputed with the

@@ -543,18 +543,17 @@ int mg_sample(mg_model *M, mg_mt19937 *rng, double temperature, int top_k,
     double *logits = buf, *probs = buf + V, *cum = buf + 2 * (size_t)V;
     int rc = MG_OK;
     /* the parameters do not change while sampling: transposed weights once */
-    const int f64 = M->dtype == MG_FLOAT64;
-    if (f64) mg_infer_prepare_f64(M); else mg_infer_prepare_f32(M);
-#define MG_INFER(tok, pos) (f64 ? mg_infer_logits_T_f64(M, (tok), (pos), logits) \
-                                : mg_infer_logits_T_f32(M, (tok), (pos), logits))
+    int (*infer)(mg_model *, int, int, double *) = mg_infer_logits_T_f32;
+    if (M->dtype == MG_FLOAT64) { mg_infer_prepare_f64(M); infer = mg_infer_logits_T_f64; }
+    else mg_infer_prepare_f32(M);
     for (int s = 0; s < num_samples && rc == MG_OK; s++) {
         int token = bos, n = 0;
         for (int pos = 0; pos < n_prefix && rc == MG_OK; pos++) {
-            rc = MG_INFER(token, pos);   /* fills the KV cache */
+            rc = infer(M, token, pos, logits);   /* fills the KV cache */
             token = prefix[pos];
         }
         for (int pos = n_prefix; pos < T && rc == MG_OK; pos++) {
-            rc = MG_INFER(token, pos);
+            rc = infer(M, token, pos, logits);
             if (rc == MG_OK) rc = mg_softmax_temperature(probs, logits, V, temperature);
             if (rc != MG_OK) break;
             if (top_k > 0 && top_k < V) top_k_mask(probs, logits, V, top_k);
@@ -579,7 +578,6 @@ int mg_sample(mg_model *M, mg_mt19937 *rng, double temperature, int top_k,
             *done = s + 1;
         }
     }
-#undef MG_INFER
     free(buf);
     return rc;
 }

@@ -355,12 +355,8 @@ static int FN(grads_safe)(const mg_model *M, const double *maxabs, int K) {
         double md = 0, mx = 0;
         for (int c = 0; c < K; c++) {
             const double *m = maxabs + (size_t)c * stride;
-            if (j < jobs) {
-                md = m[2 * j] > md ? m[2 * j] : md;
-                mx = m[2 * j + 1] > mx ? m[2 * j + 1] : mx;
-            } else {
-                md = m[2 * j] > md ? m[2 * j] : md;
-            }
+            md = m[2 * j] > md ? m[2 * j] : md;
+            if (j < jobs) mx = m[2 * j + 1] > mx ? m[2 * j + 1] : mx;
         }
         if (j < jobs ? !(N * md * mx * 4 <= big) : !(N * md * 4 <= big)) return 0;
     }

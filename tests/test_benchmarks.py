@@ -7,9 +7,12 @@ each runs once, as a smoke test; run them for real with
 
     python -m pytest tests/test_benchmarks.py --benchmark-enable
 
-The regression checks assert only ratios of times measured in the same run
-(medians, taken in turn, one thread, generous margins), never absolute
-times, so that they hold on a slow or busy machine.  The timing helpers are
+The speed regression checks (marker ``speed``) assert only ratios of times
+measured in the same run (medians, taken in turn, one thread, generous
+margins), never absolute times.  They are benchmarks, not tests: the normal
+suite deselects them (pyproject's ``-m "not slow and not speed"``); run them
+with ``python -m pytest -m speed tests/test_benchmarks.py`` (CI does, in its
+benchmark stage).  The timing helpers are
 shared with ``bench/run.py`` (``bench/benchlib.py``).
 """
 from __future__ import annotations
@@ -165,6 +168,7 @@ def test_torch_step(benchmark, data):
 
 
 # ======================================================== speed ratios
+@pytest.mark.speed
 def test_c_step_at_least_1000x_faster_than_reference(data, one_thread):
     """16/16 float64, one document per step (the true ratio is ~10^4)."""
     ref = B.time_reference_step(SIZE16, data, steps=3)
@@ -172,6 +176,7 @@ def test_c_step_at_least_1000x_faster_than_reference(data, one_thread):
     assert ref / c >= 1000, f"reference {ref * 1e6:.0f} µs/step, C {c * 1e6:.2f} µs/step"
 
 
+@pytest.mark.speed
 def test_batched_step_is_faster_per_name(data, one_thread):
     """16/16 float32: a B=16 step costs less per name than 16 one-name steps."""
     one, batched = B.interleaved([
@@ -181,6 +186,7 @@ def test_batched_step_is_faster_per_name(data, one_thread):
     assert batched < one, f"B=16: {batched * 1e6:.2f} µs/name, B=1: {one * 1e6:.2f} µs/name"
 
 
+@pytest.mark.speed
 @pytest.mark.parametrize("size,dtype,batch", [(SIZE16, "float64", 1), (SIZE64, "float32", 32)],
                          ids=["16/16-float64-B1", "64/64-float32-B32"])
 def test_c_step_faster_than_numpy(data, one_thread, size, dtype, batch):

@@ -123,6 +123,7 @@ def test_non_finite_weights_raise_as_before_and_leave_the_stream(monkeypatch):
 @pytest.mark.parametrize("bad", [
     lambda m, st: m.sample_tokens(st, 0.5, 0, [], TOK.vocab_size, 1),       # bos out of range
     lambda m, st: m.sample_tokens(st, 0.5, 0, [TOK.vocab_size], TOK.bos, 1),  # prefix id
+    lambda m, st: m.sample_tokens(st, 0.5, 0, [2 ** 32], TOK.bos, 1),       # no int32 wrap
     lambda m, st: m.sample_tokens(st, 0.5, 0, [0] * 17, TOK.bos, 1),        # prefix too long
     lambda m, st: m.sample_tokens((3, (0,) * 10, None), 0.5, 0, [], TOK.bos, 1),  # not a state
     lambda m, st: m.sample_tokens(st, 0.5, 0, [], TOK.bos, -1),             # count

@@ -391,6 +391,17 @@ def restore_threads():
     microgpt_c.set_num_threads(before)
 
 
+def _on_1_and_2_threads(run):
+    """{n: run(n)} for n = 1, 2, each in a fresh thread that first calls
+    set_num_threads(n)."""
+    results = {}
+    for n in (1, 2):
+        t = _Runner(_in_thread(lambda n=n: run(n), n))
+        t.start()
+        results[n] = t.get()
+    return results
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_single_document_steps_same_with_1_and_2_threads(dtype, restore_threads):
     """One document per step (the SPEC's loop, no team): at n_embd=256 and 64
@@ -409,11 +420,7 @@ def test_single_document_steps_same_with_1_and_2_threads(dtype, restore_threads)
         loss = m.forward_backward(corpus[starts[3]:starts[4]])
         return losses, m.flat_params.copy(), m.flat_grads.copy(), loss
 
-    results = {}
-    for n in (1, 2):
-        t = _Runner(_in_thread(lambda n=n: run(n), n))
-        t.start()
-        results[n] = t.get()
+    results = _on_1_and_2_threads(run)
     for a, b in zip(results[1], results[2]):
         assert np.array_equal(a, b)
 
@@ -438,11 +445,7 @@ def test_same_results_with_1_and_2_threads(dtype, restore_threads):
         z = [m.logits(int(corpus[p]), p) for p in range(16)]
         return losses, m.flat_params.copy(), m.flat_grads.copy(), loss, np.array(z)
 
-    results = {}
-    for n in (1, 2):
-        t = _Runner(_in_thread(lambda n=n: run(n), n))
-        t.start()
-        results[n] = t.get()
+    results = _on_1_and_2_threads(run)
     # and in this thread, through set_num_threads here
     microgpt_c.set_num_threads(2)
     results["main"] = run(2)

@@ -471,7 +471,12 @@ cdef class GPT:
         st.index = internal[624]
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        pre = np.ascontiguousarray(np.asarray(list(prefix), dtype=np.int64).astype(np.int32))
+        ids = [operator.index(t) for t in prefix]
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise TokenError(f"prefix token {bad[0]} is not a token id "
+                             f"(valid ids are 0..{self.vocab_size - 1})")
+        pre = np.array(ids, dtype=np.int32)
         n_prefix = pre.shape[0]
         cdef int32_t[::1] pv = pre if n_prefix > 0 else np.zeros(1, dtype=np.int32)
         toks = np.zeros((max(num_samples, 1), self.block_size), dtype=np.int32)
