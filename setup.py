@@ -1,13 +1,18 @@
 """Build the C core and its Cython wrappers.
 
+One extension module, microgpt_c._core, holds the C core (compiled once,
+csrc/*.c, in parallel) and the Cython classes and kernel wrappers
+(_core.pyx includes _kernels.pxi; microgpt_c._kernels re-exports them).
 OpenMP is found by compiling and running a small probe program; when it is
 missing, or MICROGPT_C_NO_OPENMP=1 is set, the build warns and produces a
 serial build instead of failing.  Everything is compiled with -O3 and
 -ffp-contract=off (no fused multiply-add contraction, so the float64 path
-reproduces the reference to rounding); never -ffast-math.
+reproduces the reference to rounding), except the sources in
+FLOAT32_SOURCES, which may contract; never -ffast-math.
 """
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import tempfile
@@ -19,6 +24,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 C_SOURCES = sorted(glob.glob(os.path.join("csrc", "*.c")))
+# per-source flags added to the common ones (csrc/README.md: the float policy)
+SOURCE_CFLAGS = {}
 BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno",
                # keep pow(x, -1) a libm call, as in the reference (GCC would fold it to 1/x)
                "-fno-builtin-pow", "-fno-builtin-powf", "-Wall"]
@@ -86,7 +93,7 @@ def compiler_description(compiler, cflags):
             macros = {line.split()[1] for line in out.stdout.splitlines()
                       if line.startswith("#define ") and len(line.split()) > 1}
             simd = [name for macro, name in SIMD_MACROS if macro in macros]
-            # csrc/kernels_impl.h compiles its hot kernels for several x86-64 levels
+            # csrc/common.h compiles the hot kernels for several x86-64 levels
             # (GCC target_clones, picked at load time) under exactly this condition
             if ({"__GNUC__", "__x86_64__", "__linux__"} <= macros
                     and "__clang__" not in macros and "MG_NO_CLONES" not in macros):
@@ -134,16 +141,34 @@ class BuildExt(build_ext):
                                cflags)
         except Exception as exc:  # informational only: never fail the build for it
             warnings.warn(f"could not write _build_config.py: {exc}")
+        self._core_objects = self.compile_core(BASE_CFLAGS + cflags + EXTRA_CFLAGS)
         super().build_extensions()
 
+    def compile_core(self, cflags):
+        """Compile csrc/*.c once (all at the same time, each with its own
+        flags) into objects that the extension links."""
+        out = os.path.join(self.build_temp, "csrc")
 
-def extension(name):
-    return Extension(f"microgpt_c.{name}", [f"src/microgpt_c/{name}.pyx"] + C_SOURCES,
-                     include_dirs=["csrc"], libraries=["m"] if os.name == "posix" else [])
+        def one(src):
+            flags = cflags + SOURCE_CFLAGS.get(os.path.basename(src), [])
+            print(f"microgpt_c: compiling {src}", file=sys.stderr, flush=True)
+            return self.compiler.compile([src], output_dir=out, include_dirs=["csrc"],
+                                         extra_postargs=flags)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(C_SOURCES), os.cpu_count() or 1))) as pool:
+            return [obj for objs in pool.map(one, C_SOURCES) for obj in objs]
+
+    def build_extension(self, ext):
+        ext.extra_objects = list(self._core_objects)
+        ext.depends = list(ext.depends) + C_SOURCES + glob.glob(os.path.join("csrc", "*.h")) + \
+            glob.glob(os.path.join("csrc", "ops", "*.h"))
+        super().build_extension(ext)
+
+
+CORE = Extension("microgpt_c._core", ["src/microgpt_c/_core.pyx"], include_dirs=["csrc"],
+                 libraries=["m"] if os.name == "posix" else [])
 
 
 setup(
-    ext_modules=cythonize([extension("_core"), extension("_kernels")],
-                          compiler_directives={"language_level": 3}),
+    ext_modules=cythonize([CORE], compiler_directives={"language_level": 3}),
     cmdclass={"build_ext": BuildExt},
 )

@@ -93,24 +93,25 @@ static void FN(build_wT)(mg_model *M) {
 }
 
 /* Attention of documents d0 .. d1-1 of the batch, each over its own rows. */
-static void FN(attention_docs_forward)(const mg_model *M, const FN(layer_acts_t) *a,
-                                       int d0, int d1) {
+static void FN(attention_docs_forward)(const mg_model *M, const mg_batch *B,
+                                       const FN(layer_acts_t) *a, int d0, int d1) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
     for (int d = d0; d < d1; d++) {
-        const size_t off = M->doc_offsets[d];
+        const size_t off = B->doc_offsets[d];
         FN(attention_forward)(a->atty + off * C, a->att + off * NH * T, a->q + off * C,
-                              a->k + off * C, a->v + off * C, M->doc_lens[d], 0, C, NH, T);
+                              a->k + off * C, a->v + off * C, B->doc_lens[d], 0, C, NH, T);
     }
 }
 
-static void FN(attention_docs_backward)(const mg_model *M, const FN(layer_acts_t) *da,
-                                        const FN(layer_acts_t) *a, int d0, int d1) {
+static void FN(attention_docs_backward)(const mg_model *M, const mg_batch *B,
+                                        const FN(layer_acts_t) *da, const FN(layer_acts_t) *a,
+                                        int d0, int d1) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
     for (int d = d0; d < d1; d++) {
-        const size_t off = M->doc_offsets[d];
+        const size_t off = B->doc_offsets[d];
         FN(attention_backward)(da->q + off * C, da->k + off * C, da->v + off * C,
                                da->att + off * NH * T, da->atty + off * C, a->att + off * NH * T,
-                               a->q + off * C, a->k + off * C, a->v + off * C, M->doc_lens[d],
+                               a->q + off * C, a->k + off * C, a->v + off * C, B->doc_lens[d],
                                C, NH, T);
     }
 }
@@ -126,8 +127,8 @@ static void FN(attention_docs_backward)(const mg_model *M, const FN(layer_acts_t
  * Inference (kc != NULL, n == 1, r0 == 0): k, v are appended to the cache
  * at `pos` and the query attends the cache.  Returns the final block output
  * (the whole buffer). */
-static REAL *FN(blocks_forward)(mg_model *M, REAL *x, size_t r0, int n, int d0, int d1, int pos,
-                                REAL *kc, REAL *vc, int use_T) {
+static REAL *FN(blocks_forward)(mg_model *M, const mg_batch *B, REAL *x, size_t r0, int n, int d0,
+                                int d1, int pos, REAL *kc, REAL *vc, int use_T) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
     const size_t rC = r0 * (size_t)C, r4C = 4 * rC;
     for (int l = 0; l < M->cfg.n_layer; l++) {
@@ -155,9 +156,9 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, size_t r0, int n, int d0, 
              * own rows) */
             if (MG_USE_THREADS((size_t)n * T * C, d1 - d0)) {
                 MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, &a, d, d + 1);
+                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, B, &a, d, d + 1);
             } else {
-                FN(attention_docs_forward)(M, &a, d0, d1);
+                FN(attention_docs_forward)(M, B, &a, d0, d1);
             }
         }
         if (!use_T) FN(matmul_forward)(a.attproj + rC, a.atty + rC, w.wo, n, C, C);
@@ -177,64 +178,55 @@ static REAL *FN(blocks_forward)(mg_model *M, REAL *x, size_t r0, int n, int d0, 
 
 /* Embedding and first RMSNorm of rows r0 .. r0+n-1 of the saved batch;
  * returns x0 (the whole buffer). */
-static REAL *FN(embed_forward)(mg_model *M, size_t r0, int n) {
+static REAL *FN(embed_forward)(mg_model *M, const mg_batch *B, size_t r0, int n) {
     const mg_act_layout *A = &M->acts_layout;
     const size_t rC = r0 * (size_t)M->cfg.n_embd;
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    FN(encoder_forward)(acts + A->emb + rC, M->inputs + r0, M->positions + r0, g.wte, g.wpe, n,
+    FN(encoder_forward)(acts + A->emb + rC, B->inputs + r0, B->positions + r0, g.wte, g.wpe, n,
                         M->cfg.n_embd);
     FN(rmsnorm_forward)(acts + A->x0 + rC, acts + A->x0s + r0, acts + A->emb + rC, n,
                         M->cfg.n_embd);
     return acts + A->x0;
 }
 
-/* Transposed weights (one transposing pass over them per forward) or the
- * token-lane kernel (no weight pass, but MG_LANES - N idle lanes per block
- * and per-call copies): measured, the transposed weights win for batches of
- * more than one register of tokens and for small models; a single short
- * document in a wide model is faster token-lane.  Decided per batch (never
- * per piece of it).  Inference (one token at a time) always uses the
- * token-lane kernel. */
-static int FN(use_wT)(const mg_model *M) { return M->n_tokens > MG_LANES || M->cfg.n_embd < 64; }
-
 /* Forward of documents d0 .. d1-1: their activation rows, per-token losses,
  * the loss weights (dlosses) and each document's mean token loss in
  * doc_loss[d]. */
-static void FN(forward_docs)(mg_model *M, int d0, int d1, int use_T) {
+static void FN(forward_docs)(mg_model *M, mg_batch *B, int d0, int d1, int use_T) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
-    const size_t r0 = M->doc_offsets[d0];
-    const int n = (int)(M->doc_offsets[d1] - r0);
+    const size_t r0 = B->doc_offsets[d0];
+    const int n = (int)(B->doc_offsets[d1] - r0);
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
-    REAL *x = FN(embed_forward)(M, r0, n);
-    x = FN(blocks_forward)(M, x, r0, n, d0, d1, 0, NULL, NULL, use_T);
+    REAL *x = FN(embed_forward)(M, B, r0, n);
+    x = FN(blocks_forward)(M, B, x, r0, n, d0, d1, 0, NULL, NULL, use_T);
     REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
     REAL *logits = acts + A->logits + r0 * V;
     if (use_T) FN(matmul_forward_T)(logits, x + r0 * C, FN(wT_lm)(M), n, C, V, FN(padT)(V));
     else FN(matmul_forward)(logits, x + r0 * C, g.lm_head, n, C, V);
     FN(crossentropy_softmax_forward)(losses + r0, acts + A->probs + r0 * V, logits,
-                                     M->targets + r0, n, V);
+                                     B->targets + r0, n, V);
     /* mean over each document's positions (the mean over documents is
      * taken by the caller, in document order) */
-    const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
+    const REAL inv_docs = (REAL)1 / (REAL)B->total_docs;
     for (int d = d0; d < d1; d++) {
-        const int nd = M->doc_lens[d];
-        const size_t off = M->doc_offsets[d];
+        const int nd = B->doc_lens[d];
+        const size_t off = B->doc_offsets[d];
         const REAL inv_n = (REAL)1 / (REAL)nd;
         REAL s = 0;
         for (int t = 0; t < nd; t++) s += losses[off + t];
-        M->doc_loss[d] = (double)(s * inv_n);  /* exact: a REAL in a double */
+        B->doc_loss[d] = (double)(s * inv_n);  /* exact: a REAL in a double */
         for (int t = 0; t < nd; t++) dlosses[off + t] = inv_n * inv_docs;
     }
 }
 
 /* The batch loss from doc_loss, summed in document order. */
-static REAL FN(batch_loss)(const mg_model *M) {
-    const REAL inv_docs = (REAL)1 / (REAL)M->total_docs;
+static REAL FN(batch_loss)(const mg_batch *B) {
+    const REAL inv_docs = (REAL)1 / (REAL)B->total_docs;
     REAL batch = 0;
-    for (int d = 0; d < M->n_docs; d++) batch += (REAL)M->doc_loss[d];
+    for (int d = 0; d < B->n_docs; d++) batch += (REAL)B->doc_loss[d];
     return batch * inv_docs;
 }
 
@@ -242,7 +234,7 @@ static REAL FN(batch_loss)(const mg_model *M) {
  * layer l's k-th tensor): dweight (OC, C) = dout (N, OC)^T @ inp (N, C). */
 typedef struct { const REAL *dout, *inp; REAL *weight, *dweight; int C, OC; } FN(wjob_t);
 
-static FN(wjob_t) FN(weight_job)(mg_model *M, int j) {
+static FN(wjob_t) FN(weight_job)(const mg_model *M, int j) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
@@ -277,11 +269,11 @@ static FN(wjob_t) FN(weight_job)(mg_model *M, int j) {
  * maxabs != NULL, the largest |value| of each weight job's dout and inp over
  * these rows goes to maxabs[2j], maxabs[2j + 1], and of d(emb) to
  * maxabs[2 jobs] (+inf where a value is not finite). */
-static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
+static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, double *maxabs) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
-    const size_t r0 = M->doc_offsets[d0];
-    const int n = (int)(M->doc_offsets[d1] - r0);
+    const size_t r0 = B->doc_offsets[d0];
+    const int n = (int)(B->doc_offsets[d1] - r0);
     const size_t rC = r0 * (size_t)C, r4C = 4 * rC, nC = (size_t)n * C;
     REAL *acts = (REAL *)M->acts, *dacts = (REAL *)M->dacts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
@@ -301,7 +293,7 @@ static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
     /* input of lm_head: output of the last block, or x0 when L == 0 */
     REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
     FN(crossentropy_softmax_backward)(dacts + A->logits + r0 * V, acts + A->dlosses + r0,
-                                      acts + A->probs + r0 * V, M->targets + r0, n, V);
+                                      acts + A->probs + r0 * V, B->targets + r0, n, V);
     FN(matmul_backward_dinp_all)(dx + rC, dacts + A->logits + r0 * V, g.lm_head, n, C, V);
 
     for (int l = L - 1; l >= 0; l--) {
@@ -320,9 +312,9 @@ static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
         FN(matmul_backward_dinp_all)(da.atty + rC, da.attproj + rC, w.wo, n, C, C);
         if (MG_USE_THREADS((size_t)n * M->cfg.block_size * C, d1 - d0)) {
             MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, &da, &a, d, d + 1);
+            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, B, &da, &a, d, d + 1);
         } else {
-            FN(attention_docs_backward)(M, &da, &a, d0, d1);
+            FN(attention_docs_backward)(M, B, &da, &a, d0, d1);
         }
         FN(matmul_backward_dinp_all)(da.ln1 + rC, da.q + rC, w.wq, n, C, C);
         FN(matmul_backward_dinp_all)(da.ln1 + rC, da.k + rC, w.wk, n, C, C);
@@ -348,9 +340,9 @@ static void FN(backward_docs)(mg_model *M, int d0, int d1, double *maxabs) {
  * the pieces' maxima (finite inputs with N max|dout| max|inp| far below the
  * overflow threshold; a wte/wpe gradient is a sum of at most N rows of
  * d(emb)).  The same answer in every thread: maxima are exact. */
-static int FN(grads_safe)(const mg_model *M, const double *maxabs, int K) {
+static int FN(grads_safe)(const mg_model *M, const mg_batch *B, const double *maxabs, int K) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer, stride = 2 * jobs + 1;
-    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308, N = (double)M->n_tokens;
+    const double big = sizeof(REAL) == 4 ? 3.4e38 : 1.7e308, N = (double)B->n_tokens;
     for (int j = 0; j <= jobs; j++) {
         double md = 0, mx = 0;
         for (int c = 0; c < K; c++) {
@@ -404,9 +396,9 @@ static int FN(rows_per_task)(int C) {
 
 /* Rows o0 .. o1-1 of weight job J: accumulate their gradients into grads
  * (A == NULL), or apply them by Adam at once (A != NULL). */
-static void FN(weight_rows)(mg_model *M, int j, const FN(wjob_t) *J, int o0, int o1,
-                            const FN(adam_ctx_t) *A, int transpose) {
-    const int N = M->n_tokens;
+static void FN(weight_rows)(mg_model *M, const mg_batch *B, int j, const FN(wjob_t) *J, int o0,
+                            int o1, const FN(adam_ctx_t) *A, int transpose) {
+    const int N = B->n_tokens;
     if (A == NULL) {
         FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
                                     NULL);
@@ -423,11 +415,11 @@ static void FN(weight_rows)(mg_model *M, int j, const FN(wjob_t) *J, int o0, int
 }
 
 /* wte/wpe: the encoder backward (serial: tokens share rows), then Adam. */
-static void FN(embedding_task)(mg_model *M, const FN(adam_ctx_t) *A) {
-    const int N = M->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
+static void FN(embedding_task)(mg_model *M, const mg_batch *B, const FN(adam_ctx_t) *A) {
+    const int N = B->n_tokens, C = M->cfg.n_embd, T = M->cfg.block_size;
     const mg_act_layout *AL = &M->acts_layout;
     FN(globals_t) dg = FN(globals)(M, (REAL *)M->grads);
-    FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, M->inputs, M->positions, N, C);
+    FN(encoder_backward)(dg.wte, dg.wpe, (REAL *)M->dacts + AL->emb, B->inputs, B->positions, N, C);
     if (A != NULL) {
         const size_t e0 = M->param_offset[MG_WTE], e1 = M->param_offset[MG_WPE] + (size_t)T * C;
         FN(adam_impl)((REAL *)M->params + e0, (REAL *)M->m_adam + e0, (REAL *)M->v_adam + e0,
@@ -443,9 +435,10 @@ static int FN(owner)(size_t acc, size_t cost, size_t total, int nt) {
 }
 
 /* Every weight-gradient task of thread me's share. */
-static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose, int me, int nt) {
+static void FN(weight_tasks)(mg_model *M, const mg_batch *B, const FN(adam_ctx_t) *A, int transpose,
+                             int me, int nt) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
-    const size_t N = (size_t)M->n_tokens, C = (size_t)M->cfg.n_embd;
+    const size_t N = (size_t)B->n_tokens, C = (size_t)M->cfg.n_embd;
     /* costs in multiply-adds per token: rows x inputs; the embedding's sums
      * and its Adam update */
     const size_t emb = 2 * C + 8 * (size_t)(M->cfg.vocab_size + M->cfg.block_size) * C / N;
@@ -454,7 +447,7 @@ static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose
         const FN(wjob_t) J = FN(weight_job)(M, j);
         total += (size_t)J.OC * (size_t)J.C;
     }
-    if (FN(owner)(0, emb, total, nt) == me) FN(embedding_task)(M, A);
+    if (FN(owner)(0, emb, total, nt) == me) FN(embedding_task)(M, B, A);
     acc = emb;
     for (int j = 0; j < jobs; j++) {
         const FN(wjob_t) J = FN(weight_job)(M, j);
@@ -462,7 +455,7 @@ static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose
         for (int o0 = 0; o0 < J.OC; o0 += r) {
             const int o1 = o0 + r < J.OC ? o0 + r : J.OC;
             const size_t cost = (size_t)(o1 - o0) * (size_t)J.C;
-            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, j, &J, o0, o1, A, transpose);
+            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, B, j, &J, o0, o1, A, transpose);
             acc += cost;
         }
     }
@@ -470,15 +463,15 @@ static void FN(weight_tasks)(mg_model *M, const FN(adam_ctx_t) *A, int transpose
 
 /* Split the batch's documents into K contiguous pieces of about equal token
  * counts; K depends only on the batch (never on the thread count). */
-static int FN(doc_pieces)(const mg_model *M, int *bounds) {
-    const int nd = M->n_docs;
+static int FN(doc_pieces)(const mg_batch *B, int *bounds) {
+    const int nd = B->n_docs;
     const int K = nd < MG_MAX_PIECES ? nd : MG_MAX_PIECES;
-    const size_t N = (size_t)M->n_tokens;
+    const size_t N = (size_t)B->n_tokens;
     bounds[0] = 0;
     for (int c = 1; c < K; c++) {
         const size_t target = N * (size_t)c / (size_t)K;
         int d = bounds[c - 1] + 1;
-        while (d < nd - (K - c) && M->doc_offsets[d] < target) d++;
+        while (d < nd - (K - c) && B->doc_offsets[d] < target) d++;
         bounds[c] = d;
     }
     bounds[K] = nd;
@@ -494,34 +487,39 @@ static int FN(doc_pieces)(const mg_model *M, int *bounds) {
 #define MG_TEAM_MIN_WORK 4000000
 #endif
 
-enum { MG_RUN_FORWARD = 1, MG_RUN_BACKWARD = 2 };
-
-/* The training forward and/or backward of the saved batch.
+/* The training forward and/or backward of batch B.
  *
  * With a team of threads and enough work, in ONE parallel region: the
  * transposed weights (jobs across threads), then the documents in K fixed
  * pieces (forward, loss weights and activation-gradient backward of a piece
  * by one thread, the kernels serial inside it), then the weight gradients as
  * fixed tasks (each gradient element written by one task, summed over the
- * tokens in order; fused with Adam when A != NULL).  Otherwise the same
+ * tokens in order; fused with Adam when adam != NULL).  Otherwise the same
  * computations on the whole batch at once, the kernels free to use threads
  * themselves.  Both give the same bits (see above), whatever the thread
  * count.
  *
  * Returns MG_OK; MG_ERR_NONFINITE if the forward's loss is not finite (then
- * no backward); -1 with A != NULL if the gradients could not be guaranteed
- * finite (then they were accumulated into grads, nothing updated: the caller
- * runs mg_adam_step). */
-static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double *loss) {
+ * no backward); MG_NOT_FUSED with adam != NULL if the gradients could not be
+ * guaranteed finite (then they were accumulated into grads, nothing updated:
+ * the caller runs the checked adam_step). */
+static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args *adam,
+                         double *loss) {
     int bounds[MG_MAX_PIECES + 1];
-    const int N = M->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
-    const int use_T = FN(use_wT)(M);
+    const int N = B->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
+    const int use_T = FN(matmul_forward_variant)(N, C) == MG_MM_WT;
     const int fwd = (what & MG_RUN_FORWARD) != 0, bwd = (what & MG_RUN_BACKWARD) != 0;
+    FN(adam_ctx_t) Actx;
+    const FN(adam_ctx_t) *A = NULL;
+    if (adam != NULL) {
+        Actx = FN(adam_ctx)(adam->lr_t, adam->beta1, adam->beta2, adam->eps, adam->t);
+        A = &Actx;
+    }
     /* work of a step: about 12 C^2 + V C multiply-adds per token and layer */
     const size_t work = (size_t)N * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
                                                  (size_t)M->cfg.vocab_size);
-    const int par = M->n_docs > 1 && work >= MG_TEAM_MIN_WORK && MG_USE_THREADS(work, 2);
-    const int K = par ? FN(doc_pieces)(M, bounds) : 1;
+    const int par = B->n_docs > 1 && work >= MG_TEAM_MIN_WORK && MG_USE_THREADS(work, 2);
+    const int K = par ? FN(doc_pieces)(B, bounds) : 1;
     const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
     (void)stride; (void)K;  /* unused without OpenMP */
     int status = MG_OK;
@@ -536,16 +534,16 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
          * thread), a single document keeps the kernels' own threading */
 #ifdef _OPENMP
         const int was_serial = mg_serial;
-        if (M->n_docs > 1) mg_serial = 1;
+        if (B->n_docs > 1) mg_serial = 1;
 #endif
         if (build) FN(build_wT)(M);
-        if (fwd) FN(forward_docs)(M, 0, M->n_docs, use_T);
-        if (bwd) FN(backward_docs)(M, 0, M->n_docs, A != NULL ? M->piece_max : NULL);
-        const int ok = !fwd || isfinite(FN(batch_loss)(M));
-        const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, 1);
-        if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, 0, 1);
+        if (fwd) FN(forward_docs)(M, B, 0, B->n_docs, use_T);
+        if (bwd) FN(backward_docs)(M, B, 0, B->n_docs, A != NULL ? M->piece_max : NULL);
+        const int ok = !fwd || isfinite(FN(batch_loss)(B));
+        const int safe = A == NULL || FN(grads_safe)(M, B, M->piece_max, 1);
+        if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, 0, 1);
         if (!ok) status = MG_ERR_NONFINITE;
-        else if (bwd && !safe) status = -1;
+        else if (bwd && !safe) status = MG_NOT_FUSED;
 #ifdef _OPENMP
         mg_serial = was_serial;
 #endif
@@ -560,75 +558,65 @@ static int FN(run_batch)(mg_model *M, int what, const FN(adam_ctx_t) *A, double 
             /* fixed contiguous shares of the pieces by tokens (the same rows
              * on the same thread every step) */
             for (int c = 0; c < K; c++) {
-                const size_t t0 = M->doc_offsets[bounds[c]], t1 = M->doc_offsets[bounds[c + 1]];
+                const size_t t0 = B->doc_offsets[bounds[c]], t1 = B->doc_offsets[bounds[c + 1]];
                 if (FN(owner)(t0, t1 - t0, (size_t)N, nt) != me) continue;
-                if (fwd) FN(forward_docs)(M, bounds[c], bounds[c + 1], use_T);
-                if (bwd) FN(backward_docs)(M, bounds[c], bounds[c + 1],
+                if (fwd) FN(forward_docs)(M, B, bounds[c], bounds[c + 1], use_T);
+                if (bwd) FN(backward_docs)(M, B, bounds[c], bounds[c + 1],
                                            A != NULL ? M->piece_max + (size_t)c * stride : NULL);
             }
             MG_PRAGMA(omp barrier)
             /* (after the barrier above every piece is done; each thread
              * takes the same decisions) */
-            const int ok = !fwd || isfinite(FN(batch_loss)(M));
-            const int safe = A == NULL || FN(grads_safe)(M, M->piece_max, K);
-            if (bwd && ok) FN(weight_tasks)(M, safe ? A : NULL, retranspose, me, nt);
+            const int ok = !fwd || isfinite(FN(batch_loss)(B));
+            const int safe = A == NULL || FN(grads_safe)(M, B, M->piece_max, K);
+            if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, me, nt);
             MG_PRAGMA(omp master)
-            { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = -1; }
+            { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = MG_NOT_FUSED; }
         }
     }
     if (status == MG_OK && retranspose) M->wT_valid = 1;
     if (fwd) {
-        const REAL result = FN(batch_loss)(M);
+        const REAL result = FN(batch_loss)(B);
         *loss = (double)result;
         M->have_forward = isfinite(result) ? 1 : 0;
     }
     return status;
 }
 
-int FN(mg_forward)(mg_model *M, double *loss) {
-    return FN(run_batch)(M, MG_RUN_FORWARD, NULL, loss);
-}
-
-int FN(mg_backward)(mg_model *M) {
-    return FN(run_batch)(M, MG_RUN_BACKWARD, NULL, NULL);
-}
-
-/* Backward fused with the Adam step (the training loop, with all gradients
- * zero on entry).  The activation gradients first; then, if every weight
- * gradient is certainly finite (see grads_safe), each weight matrix's
- * gradient goes straight into its Adam update without being stored (wte and
- * wpe go through the gradient buffer, zeroed again): the same values as
- * mg_backward + mg_adam_step.  Otherwise the gradients are accumulated into
- * grads, nothing is updated, and -1 is returned: the caller runs
- * mg_adam_step, which decides (and refuses a non-finite gradient). */
-int FN(mg_backward_adam)(mg_model *M, double lr_t, double beta1, double beta2, double eps,
-                         long t) {
-    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
-    return FN(run_batch)(M, MG_RUN_BACKWARD, &A, NULL);
-}
-
-/* Forward and backward of the saved batch in one go (one parallel region):
- * fused with Adam as mg_backward_adam when adam != 0, else the gradients
- * accumulated as mg_backward.  Returns as run_batch. */
-int FN(mg_forward_backward)(mg_model *M, double *loss, int adam, double lr_t, double beta1,
-                            double beta2, double eps, long t) {
-    const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, t, NULL);
-    return FN(run_batch)(M, MG_RUN_FORWARD | MG_RUN_BACKWARD, adam ? &A : NULL, loss);
+/* The checked Adam step: never a NaN/inf update (the parameters stay as
+ * they were, the gradients are zeroed, MG_ERR_NONFINITE); settings that are
+ * not finite or t < 1: MG_ERR_ARG (nothing changed); else the update and
+ * the gradients zeroed. */
+static int FN(adam_step)(mg_model *M, const mg_adam_args *a) {
+    M->wT_valid = 0;
+    if (!FN(all_finite)((const REAL *)M->grads, M->num_params)) {
+        FN(zero)((REAL *)M->grads, M->num_params);
+        return MG_ERR_NONFINITE;
+    }
+    if (a->t < 1 || !isfinite(a->lr_t) || !isfinite(a->beta1) || !isfinite(a->beta2) ||
+        !isfinite(a->eps))
+        return MG_ERR_ARG;
+    FN(adam_update_zero_grad)((REAL *)M->params, (REAL *)M->m_adam, (REAL *)M->v_adam,
+                              (REAL *)M->grads, M->num_params, a->lr_t, a->beta1, a->beta2,
+                              a->eps, a->t);
+    return MG_OK;
 }
 
 /* One token of inference; use_T: with the transposed weights (which must be
- * current: mg_infer_prepare), the lanes over output channels are all busy
- * for a single token; the same sums either way. */
+ * current: infer_prepare), the lanes over output channels are all busy for
+ * a single token; the same sums either way.  Uses the model's batch buffers
+ * for the token (invalidating a saved training forward). */
 static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int use_T) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
+    mg_batch *B = &M->batch;
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
     M->have_forward = 0;
-    M->inputs[0] = token;
-    M->positions[0] = pos;
-    REAL *x = FN(embed_forward)(M, 0, 1);
-    x = FN(blocks_forward)(M, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
+    B->inputs[0] = token;
+    B->positions[0] = pos;
+    REAL *x = FN(embed_forward)(M, B, 0, 1);
+    x = FN(blocks_forward)(M, B, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
     REAL *z = acts + A->logits;
     if (use_T) FN(matmul_forward_T)(z, x, FN(wT_lm)(M), 1, C, V, FN(padT)(V));
     else FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
@@ -636,114 +624,96 @@ static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int
     return MG_OK;
 }
 
-int FN(mg_infer_logits)(mg_model *M, int token, int pos, double *logits) {
-    return FN(infer_logits)(M, token, pos, logits, 0);
-}
-
-/* Build the transposed weights for a run of mg_infer_logits_T calls (the
+/* Build the transposed weights for a run of infer_logits(use_T) calls (the
  * parameters must not change in between). */
-void FN(mg_infer_prepare)(mg_model *M) { FN(build_wT)(M); }
-
-int FN(mg_infer_logits_T)(mg_model *M, int token, int pos, double *logits) {
-    return FN(infer_logits)(M, token, pos, logits, 1);
-}
+static void FN(infer_prepare)(mg_model *M) { FN(build_wT)(M); }
 
 /* mg_train_steps with one team for the whole call (a batched run with
  * enough work): the same steps as run_batch's region, but the threads stay
  * in the team between steps and a step has two synchronisations, not three
  * (no fork per step): after the pieces, and at the end of the step, by
- * which the master has also assembled the next step's batch into a second
- * set of batch buffers (a second view of the model: same parameters and
- * activations, its own batch), so nobody waits for it.  Same values as the
- * step-by-step loop. */
-int FN(mg_train_steps_team)(mg_model *M, const int32_t *corpus, const int64_t *doc_starts,
-                            int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
-                            double lr, double beta1, double beta2, double eps,
-                            double *losses, double *lrs, long *steps_done) {
+ * which the master has also assembled the next step's batch into the other
+ * of two batches, so nobody waits for it.  Same values as the step-by-step
+ * loop (train.c), which this mirrors: the first step of a call accumulates
+ * the gradients and takes the checked Adam step, the others fuse. */
+static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_schedule *S,
+                                long step0, long n_steps, int batch, double *losses,
+                                double *lrs, long *steps_done) {
     const int T = M->cfg.block_size, C = M->cfg.n_embd, L = M->cfg.n_layer;
     /* tokens per step, estimated from the corpus's mean document */
-    const int64_t mean = (doc_starts[n_docs] - n_docs) / n_docs;
+    const int64_t mean = (D->doc_starts[D->n_docs] - D->n_docs) / D->n_docs;
     const size_t N_est = (size_t)batch * (size_t)(mean < T ? (mean > 1 ? mean : 1) : T);
     const size_t work = N_est * (size_t)C * (12 * (size_t)C * (size_t)(L > 0 ? L : 1) +
                                              (size_t)M->cfg.vocab_size);
-    if (batch < 2 || n_steps < 1 || work < MG_TEAM_MIN_WORK || !MG_USE_THREADS(work, 2)) return -2;
-    const size_t cap = M->max_tokens;
-    int32_t *ib = malloc(3 * cap * sizeof(int32_t)), *dl = malloc(cap * sizeof(int32_t));
-    size_t *doff = malloc((cap + 1) * sizeof(size_t));
-    double *dloss = malloc(cap * sizeof(double));
-    if (!ib || !dl || !doff || !dloss) {
-        free(ib); free(dl); free(doff); free(dloss);
-        return MG_ERR_NOMEM;
-    }
-    mg_model view[2];
-    view[0] = *M;
-    view[1] = *M;
-    view[1].inputs = ib; view[1].targets = ib + cap; view[1].positions = ib + 2 * cap;
-    view[1].doc_lens = dl; view[1].doc_offsets = doff; view[1].doc_loss = dloss;
+    if (batch < 2 || n_steps < 1 || work < MG_TEAM_MIN_WORK || !MG_USE_THREADS(work, 2))
+        return MG_NO_TEAM;
+    mg_batch spare;
+    if (mg_batch_alloc(&spare, M->max_tokens) != MG_OK) return MG_ERR_NOMEM;
+    mg_batch *bat[2] = {&M->batch, &spare};
     int bounds[2][MG_MAX_PIECES + 1], K[2];
     const int jobs = 1 + MG_NUM_PER_LAYER * L, stride = 2 * jobs + 1;
     int status = MG_OK, wT_valid = 0, last = 0, loss_bad = 0;
     long done = 0;
-    mg_assemble_batch(&view[0], corpus, doc_starts, n_docs, step0, batch);
-    K[0] = FN(doc_pieces)(&view[0], bounds[0]);
+    mg_batch_assemble(bat[0], T, D, step0, batch, 0, batch);
+    K[0] = FN(doc_pieces)(bat[0], bounds[0]);
+    M->wT_valid = 0;
     MG_PRAGMA(omp parallel num_threads(mg_team_size()))
     {
         const int me = mg_thread_num(), nt = mg_num_threads();
         for (long i = 0; i < n_steps; i++) {
-            mg_model *V = &view[i & 1];
+            mg_batch *B = bat[i & 1];
             const int *bd = bounds[i & 1], k = K[i & 1];
             const long s = step0 + i;
-            const double lr_t = lr * (1.0 - (double)s / (double)num_steps);
-            /* the first step of a call: accumulated gradients and the
-             * checked Adam step (as in mg_train_steps) */
-            const int fused = !(i == 0 || !isfinite(lr_t) || !isfinite(beta1) ||
-                                !isfinite(beta2) || !isfinite(eps));
-            const FN(adam_ctx_t) A = FN(adam_ctx)(lr_t, beta1, beta2, eps, s + 1, NULL);
-            const int use_T = FN(use_wT)(V);
+            const mg_adam_args args = {mg_schedule_lr(S, s), S->beta1, S->beta2, S->eps, s + 1};
+            const int fused = i > 0 && isfinite(args.lr_t) && isfinite(args.beta1) &&
+                              isfinite(args.beta2) && isfinite(args.eps);
+            const FN(adam_ctx_t) A = FN(adam_ctx)(args.lr_t, args.beta1, args.beta2, args.eps,
+                                                  args.t);
+            const int use_T = FN(matmul_forward_variant)(B->n_tokens, C) == MG_MM_WT;
             if (use_T && !wT_valid) {
                 MG_PRAGMA(omp for schedule(static))
-                for (int j = 0; j < jobs; j++) FN(build_wT_one)(V, j);
+                for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
             }
-            const size_t N = (size_t)V->n_tokens;
+            const size_t N = (size_t)B->n_tokens;
             for (int c = 0; c < k; c++) {
-                const size_t t0 = V->doc_offsets[bd[c]], t1 = V->doc_offsets[bd[c + 1]];
+                const size_t t0 = B->doc_offsets[bd[c]], t1 = B->doc_offsets[bd[c + 1]];
                 if (FN(owner)(t0, t1 - t0, N, nt) != me) continue;
-                FN(forward_docs)(V, bd[c], bd[c + 1], use_T);
-                FN(backward_docs)(V, bd[c], bd[c + 1],
-                                  fused ? V->piece_max + (size_t)c * stride : NULL);
+                FN(forward_docs)(M, B, bd[c], bd[c + 1], use_T);
+                FN(backward_docs)(M, B, bd[c], bd[c + 1],
+                                  fused ? M->piece_max + (size_t)c * stride : NULL);
             }
             MG_PRAGMA(omp barrier)
             /* every piece done; each thread takes the same decisions */
-            const REAL loss = FN(batch_loss)(V);
+            const REAL loss = FN(batch_loss)(B);
             if (!isfinite(loss)) {
                 MG_PRAGMA(omp master)
-                { losses[i] = (double)loss; if (lrs != NULL) lrs[i] = lr_t;
+                { losses[i] = (double)loss; if (lrs != NULL) lrs[i] = args.lr_t;
                   status = MG_ERR_NONFINITE; loss_bad = 1; last = (int)(i & 1); }
                 break;  /* all threads: no update, the team ends */
             }
-            const int apply = fused && FN(grads_safe)(V, V->piece_max, k);
-            FN(weight_tasks)(V, apply ? &A : NULL, apply && use_T, me, nt);
+            const int apply = fused && FN(grads_safe)(M, B, M->piece_max, k);
+            FN(weight_tasks)(M, B, apply ? &A : NULL, apply && use_T, me, nt);
             if (!apply) {
                 /* the gradients were accumulated: the checked Adam step */
                 MG_PRAGMA(omp barrier)
                 MG_PRAGMA(omp master)
                 {
-                    const int rc = mg_adam_step(M, lr_t, beta1, beta2, eps, s + 1);
+                    const int rc = FN(adam_step)(M, &args);
                     if (rc != MG_OK) status = rc;
                 }
             }
             MG_PRAGMA(omp master)
             {
                 losses[i] = (double)loss;
-                if (lrs != NULL) lrs[i] = lr_t;
+                if (lrs != NULL) lrs[i] = args.lr_t;
                 last = (int)(i & 1);
                 wT_valid = apply && use_T;
                 if (status == MG_OK) {
                     done = i + 1;
-                    /* the next batch into the other view (no one reads it now) */
+                    /* the next batch into the other buffers (no one reads them now) */
                     if (i + 1 < n_steps) {
-                        mg_model *W = &view[(i + 1) & 1];
-                        mg_assemble_batch(W, corpus, doc_starts, n_docs, s + 1, batch);
+                        mg_batch *W = bat[(i + 1) & 1];
+                        mg_batch_assemble(W, T, D, s + 1, batch, 0, batch);
                         K[(i + 1) & 1] = FN(doc_pieces)(W, bounds[(i + 1) & 1]);
                     }
                 }
@@ -752,23 +722,14 @@ int FN(mg_train_steps_team)(mg_model *M, const int32_t *corpus, const int64_t *d
             if (status != MG_OK) break;
         }
     }
-    /* the model's batch state is the last step's (as after the loop) */
-    if (last == 1) {
-        const mg_model *W = &view[1];
-        memcpy(M->inputs, W->inputs, (size_t)W->n_tokens * sizeof(int32_t));
-        memcpy(M->targets, W->targets, (size_t)W->n_tokens * sizeof(int32_t));
-        memcpy(M->positions, W->positions, (size_t)W->n_tokens * sizeof(int32_t));
-        memcpy(M->doc_lens, W->doc_lens, (size_t)W->n_docs * sizeof(int32_t));
-        memcpy(M->doc_offsets, W->doc_offsets, ((size_t)W->n_docs + 1) * sizeof(size_t));
-        memcpy(M->doc_loss, W->doc_loss, (size_t)W->n_docs * sizeof(double));
-        M->n_tokens = W->n_tokens; M->n_docs = W->n_docs; M->total_docs = W->total_docs;
-    } else {
-        M->n_tokens = view[0].n_tokens; M->n_docs = view[0].n_docs;
-        M->total_docs = view[0].total_docs;
-    }
+    /* the model's batch is the last step's (as after the step-by-step loop) */
+    if (last == 1) mg_batch_copy(&M->batch, &spare);
     M->have_forward = !loss_bad;
     M->wT_valid = 0;
-    free(ib); free(dl); free(doff); free(dloss);
+    mg_batch_free(&spare);
     *steps_done = done;
     return status;
 }
+
+const mg_dtype_ops FN(mg_ops) = {FN(run_batch), FN(adam_step), FN(train_steps_team),
+                                 FN(infer_logits), FN(infer_prepare)};

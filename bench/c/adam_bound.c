@@ -10,6 +10,7 @@
  * Prints microseconds per update (best of many) and the same in cycles per
  * parameter at the clock measured by a dependent integer-add chain. */
 #include "microgpt.h"
+#include "mg_kernels.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>

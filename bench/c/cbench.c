@@ -21,8 +21,8 @@ int main(int argc, char **argv) {
     starts[nd] = n;
     mg_config cfg = {27, T, L, C, 4}; mg_model *M; int rc = mg_model_create(&M, &cfg, dt, (size_t)T * B);
     if (rc) { printf("create %d\n", rc); return 1; }
-    size_t np = M->num_params; srand(1);
-    for (size_t i = 0; i < np; i++) { double r = ((double)rand() / RAND_MAX - 0.5) * 0.16; if (dt == 0) ((double*)M->params)[i] = r; else ((float*)M->params)[i] = (float)r; }
+    size_t np = mg_model_num_params(M); void *P = mg_model_params(M); srand(1);
+    for (size_t i = 0; i < np; i++) { double r = ((double)rand() / RAND_MAX - 0.5) * 0.16; if (dt == 0) ((double*)P)[i] = r; else ((float*)P)[i] = (float)r; }
     double *losses = malloc(steps * 8); long done;
     struct timespec a, b, wa, wb; double bestw = 1e30;
     mg_train_steps(M, corpus, starts, nd, 0, 100, steps, B, 0.01, 0.85, 0.99, 1e-8, losses, NULL, &done);
@@ -33,7 +33,7 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b); clock_gettime(CLOCK_MONOTONIC, &wb);
         double us = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / steps; if (us < best) best = us; double uw = ((wb.tv_sec - wa.tv_sec) * 1e9 + (wb.tv_nsec - wa.tv_nsec)) / 1e3 / steps; if (uw < bestw) bestw = uw;
     }
-    unsigned long long hsh = 1469598103934665603ULL; const unsigned char *pp = M->params; for (size_t i = 0; i < np * M->elem_size; i++) { hsh ^= pp[i]; hsh *= 1099511628211ULL; }
+    unsigned long long hsh = 1469598103934665603ULL; const unsigned char *pp = P; for (size_t i = 0; i < np * (dt ? 4 : 8); i++) { hsh ^= pp[i]; hsh *= 1099511628211ULL; }
     printf("wall %.2f us/step | ", bestw); printf("C=%d T=%d L=%d %s B=%d: %.2f us/step  %.2f us/name  loss %.17g rc=%d hash %016llx\n", C, T, L, dt ? "f32" : "f64", B, best, best / B, losses[steps - 1], rc, hsh);
     mg_model_free(M); return 0;
 }

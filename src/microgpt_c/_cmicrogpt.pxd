@@ -1,4 +1,4 @@
-# Declarations of the C core (csrc/microgpt.h) for Cython.
+# Declarations of the C core (csrc/microgpt.h, csrc/mg_kernels.h) for Cython.
 from libc.stdint cimport int32_t, int64_t, uint32_t
 
 cdef extern from "microgpt.h" nogil:
@@ -26,15 +26,7 @@ cdef extern from "microgpt.h" nogil:
         int n_head
 
     ctypedef struct mg_model:
-        mg_config cfg
-        mg_dtype dtype
-        size_t num_params
-        size_t max_tokens
-        void *params
-        void *grads
-        void *m_adam
-        void *v_adam
-        int have_forward
+        pass
 
     const char *mg_status_string(int status)
     int mg_config_check(const mg_config *cfg)
@@ -44,6 +36,14 @@ cdef extern from "microgpt.h" nogil:
     int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_tokens)
     void mg_model_free(mg_model *model)
     int mg_model_reserve(mg_model *model, size_t max_tokens)
+    const mg_config *mg_model_config(const mg_model *model)
+    int mg_model_dtype(const mg_model *model)
+    size_t mg_model_num_params(const mg_model *model)
+    size_t mg_model_max_tokens(const mg_model *model)
+    void *mg_model_params(mg_model *model)
+    void *mg_model_grads(mg_model *model)
+    void *mg_model_adam_m(mg_model *model)
+    void *mg_model_adam_v(mg_model *model)
 
     int mg_forward(mg_model *model, const int32_t *inputs, const int32_t *targets,
                    const int32_t *doc_lens, int n_docs, double *loss)
@@ -59,6 +59,10 @@ cdef extern from "microgpt.h" nogil:
                        int64_t n_docs, long step0, long n_steps, long num_steps, int batch,
                        double lr, double beta1, double beta2, double eps,
                        double *losses, double *lrs, long *steps_done)
+    int mg_step_share(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                      int64_t n_docs, long s, int batch, int lo, int hi, double *loss)
+    int mg_step_update(mg_model *model, long s, long num_steps, double lr, double beta1,
+                       double beta2, double eps, double *lr_t)
     int mg_infer_logits(mg_model *model, int token, int pos, double *logits)
     int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature)
     ctypedef struct mg_mt19937:
@@ -72,6 +76,11 @@ cdef extern from "microgpt.h" nogil:
     int mg_openmp_enabled()
     int mg_get_max_threads()
     void mg_set_num_threads(int n)
+    const char *mg_simd_variant()
+
+cdef extern from "mg_kernels.h" nogil:
+    int mg_force_variant(int op, int variant)
+    int attention_variant_f64(int N, int p0, int C, int NH)
 
     # kernels (float64 and float32 instantiations)
     void encoder_forward_f64(double *out, const int32_t *inp, const int32_t *pos, const double *wte, const double *wpe, int N, int C)

@@ -19,7 +19,7 @@ from .errors import (STATUS_EXCEPTIONS, ConfigError, MicrogptError, ModelBusyErr
                      SequenceLengthError, TokenError)
 
 __all__ = ["GPT", "Adam", "softmax_temperature", "openmp_enabled", "get_num_threads",
-           "set_num_threads", "tensor_names"]
+           "set_num_threads", "simd_variant", "tensor_names"]
 
 DTYPES = {"float64": MG_FLOAT64, "float32": MG_FLOAT32}
 LAYER_TENSORS = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
@@ -230,16 +230,16 @@ cdef class GPT:
         self.vocab_size, self.n_layer, self.n_embd = cfg.vocab_size, cfg.n_layer, cfg.n_embd
         self.n_head, self.block_size = cfg.n_head, cfg.block_size
         itemsize = 8 if dtype == "float64" else 4
-        n = m.num_params
-        self.flat_params = make_view(owner, m.params, 0, itemsize, n, 0)
-        self.flat_grads = make_view(owner, m.grads, 0, itemsize, n, 0)
-        self.adam_m = make_view(owner, m.m_adam, 0, itemsize, n, 0)
-        self.adam_v = make_view(owner, m.v_adam, 0, itemsize, n, 0)
+        n = mg_model_num_params(m)
+        self.flat_params = make_view(owner, mg_model_params(m), 0, itemsize, n, 0)
+        self.flat_grads = make_view(owner, mg_model_grads(m), 0, itemsize, n, 0)
+        self.adam_m = make_view(owner, mg_model_adam_m(m), 0, itemsize, n, 0)
+        self.adam_v = make_view(owner, mg_model_adam_v(m), 0, itemsize, n, 0)
         self.params, self.grads = {}, {}
         for i, name in enumerate(tensor_names(cfg.n_layer)):
             check(mg_tensor_info(&cfg, i, &offset, &rows, &cols), "tensor layout")
-            self.params[name] = make_view(owner, m.params, offset, itemsize, rows, cols)
-            self.grads[name] = make_view(owner, m.grads, offset, itemsize, rows, cols)
+            self.params[name] = make_view(owner, mg_model_params(m), offset, itemsize, rows, cols)
+            self.grads[name] = make_view(owner, mg_model_grads(m), offset, itemsize, rows, cols)
         self._logits = np.zeros(cfg.vocab_size, dtype=np.float64)
 
     # ------------------------------------------------------------ helpers
@@ -252,7 +252,7 @@ cdef class GPT:
 
     @property
     def num_params(self):
-        return self._m.num_params
+        return mg_model_num_params(self._m)
 
     @property
     def config(self):
@@ -268,7 +268,7 @@ cdef class GPT:
         """Draw every parameter from ``rng.gauss(0, std)`` in the SPEC's order
         (a ``random.Random``; the same stream the reference uses)."""
         gauss = rng.gauss
-        values = [gauss(0.0, std) for _ in range(self._m.num_params)]
+        values = [gauss(0.0, std) for _ in range(mg_model_num_params(self._m))]
         self._enter()
         try:
             self.flat_params[:] = values
@@ -391,19 +391,9 @@ cdef class GPT:
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
             raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
         check_adam_settings(lr, beta1, beta2, eps, self.dtype)
-        # the C core checks every id (once per call); on MG_ERR_TOKEN the
-        # Python check below names the offending one
-        cdef int32_t[::1] c = token_array(corpus, self.vocab_size, "corpus", False)
-        starts = np.asarray(doc_starts)
-        if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
-            raise ValueError("doc_starts must be a 1-D integer array of n_docs + 1 offsets")
-        starts = np.ascontiguousarray(starts, dtype=np.int64)
-        if starts[0] != 0 or starts[-1] != c.shape[0] or np.any(np.diff(starts) < 2):
-            raise SequenceLengthError("doc_starts must start at 0, end at len(corpus) and give "
-                                      "every document at least 2 tokens ([BOS] + ids + [BOS])")
-        if batch_size > 2**31 // max(self.block_size, 1):
-            raise ConfigError(f"batch_size={batch_size} is too large")
-        cdef int64_t[::1] st = starts
+        cdef int32_t[::1] c
+        cdef int64_t[::1] st
+        c, st = self._corpus(corpus, doc_starts, batch_size)
         cdef int64_t n_docs = st.shape[0] - 1
         losses = np.zeros(max(n_steps, 1), dtype=np.float64)
         lrs = np.zeros(max(n_steps, 1), dtype=np.float64)
@@ -428,6 +418,68 @@ cdef class GPT:
             token_array(corpus, self.vocab_size, "corpus")  # raises the detailed TokenError
         check(rc, "training")
         return losses[:n_steps], lrs[:n_steps]
+
+    def _corpus(self, corpus, doc_starts, int batch_size):
+        """The validated (corpus, doc_starts) arrays of train_steps / step_share."""
+        # the C core checks every id it uses; on MG_ERR_TOKEN the Python
+        # check of the caller names the offending one
+        c = token_array(corpus, self.vocab_size, "corpus", False)
+        starts = np.asarray(doc_starts)
+        if starts.ndim != 1 or starts.shape[0] < 2 or starts.dtype.kind not in "iu":
+            raise ValueError("doc_starts must be a 1-D integer array of n_docs + 1 offsets")
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        if starts[0] != 0 or starts[-1] != c.shape[0] or np.any(np.diff(starts) < 2):
+            raise SequenceLengthError("doc_starts must start at 0, end at len(corpus) and give "
+                                      "every document at least 2 tokens ([BOS] + ids + [BOS])")
+        if batch_size > 2**31 // max(self.block_size, 1):
+            raise ConfigError(f"batch_size={batch_size} is too large")
+        return c, starts
+
+    def step_share(self, corpus, doc_starts, long step, int batch_size, int lo, int hi):
+        """Forward and backward of documents ``lo .. hi-1`` of training step
+        ``step``'s batch (the documents train_steps uses), the gradients
+        ACCUMULATED into :attr:`grads`; returns this share's loss (the sum of
+        its documents' mean token losses / batch_size), so the shares of a
+        batch add up to its loss and gradients (data parallelism)."""
+        cdef double loss = 0
+        cdef int rc
+        if step < 0 or batch_size < 1 or not 0 <= lo < hi <= batch_size:
+            raise ValueError("need step >= 0, batch_size >= 1 and 0 <= lo < hi <= batch_size")
+        cdef int32_t[::1] c
+        cdef int64_t[::1] st
+        c, st = self._corpus(corpus, doc_starts, batch_size)
+        cdef int64_t n_docs = st.shape[0] - 1
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_step_share(self._m, &c[0], &st[0], n_docs, step, batch_size, lo, hi,
+                                   &loss)
+        finally:
+            self._busy = False
+        if rc == MG_ERR_TOKEN:
+            token_array(corpus, self.vocab_size, "corpus")  # raises the detailed TokenError
+        check(rc, "training step")
+        return loss
+
+    def step_update(self, long step, long num_steps, double lr=0.01, double beta1=0.85,
+                    double beta2=0.99, double eps=1e-8):
+        """The Adam update of training step ``step`` (0-based) with the
+        SPEC's schedule lr_t = lr * (1 - step / num_steps), then the gradients
+        zeroed; returns lr_t.  A gradient that is not finite raises
+        NonFiniteLossError (nothing applied, gradients zeroed)."""
+        cdef double lr_t = 0
+        cdef int rc
+        if step < 0 or num_steps < 1:
+            raise ValueError("need step >= 0 and num_steps >= 1")
+        check_adam_settings(lr, beta1, beta2, eps, self.dtype)
+        self._enter()
+        try:
+            with nogil:
+                rc = mg_step_update(self._m, step, num_steps, lr, beta1, beta2, eps, &lr_t)
+        finally:
+            self._busy = False
+        check(rc, "adam step")
+        return lr_t
 
     # ---------------------------------------------------------- inference
     def logits(self, token, pos):
@@ -549,9 +601,21 @@ def get_num_threads():
     return mg_get_max_threads()
 
 
+def simd_variant():
+    """The SIMD variant the C kernels run on this CPU, as the C core reports
+    it (e.g. "x86-64-v4" for the AVX-512 clones)."""
+    return mg_simd_variant().decode()
+
+
 def set_num_threads(n):
     """Threads for the C kernels (results do not depend on it)."""
     n = operator.index(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
     mg_set_num_threads(n)
+
+
+# The kernels, for tests (microgpt_c._kernels re-exports them): compiled into
+# this module, so one copy of the C core (and of its thread setting) serves
+# the model and the kernels.
+include "_kernels.pxi"

@@ -14,7 +14,8 @@
  * Exit status 0 when every check passed, 1 otherwise.  Usage:
  *   test_core [-v]
  */
-#include "microgpt.h"
+#include "model_internal.h"
+#include "mg_kernels.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -435,7 +436,7 @@ static void test_model_use(const mg_config *cfg, int dtype, int batch) {
     CHECK(isfinite(loss) && loss > 0);
     /* close to log(V) for small random weights */
     CHECK(fabs(loss - log((double)V)) < 1.0);
-    CHECK(M->n_tokens == T);
+    CHECK(M->batch.n_tokens == T);
 
     /* gradients against central differences (float64 only) */
     if (dtype == MG_FLOAT64) {

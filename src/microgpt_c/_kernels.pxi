@@ -1,32 +1,41 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Each C kernel, callable on NumPy arrays (float64 or float32), for testing.
+# The kernels of the C core on NumPy arrays (float64 or float32), for tests;
+# included into _core.pyx and re-exported by microgpt_c._kernels.
+#
+# Arrays are typed memoryviews: those marked OUT are written (forward) or
+# accumulated into (backward, ``+=``), those marked IN are read.  Shapes are
+# checked before the C call and the GIL is released around it.
 
-Arrays are typed memoryviews: those marked OUT are written (forward) or
-accumulated into (backward, ``+=``), those marked IN are read.  Shapes are
-checked before the C call and the GIL is released around it.
-"""
-
-from libc.stdint cimport int32_t
 from cython cimport floating
 
-from ._cmicrogpt cimport *
-
-import numpy as np
-
-__all__ = ["encoder_forward", "encoder_backward", "rmsnorm_forward", "rmsnorm_backward",
-           "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-           "relu_forward", "relu_backward", "residual_forward", "residual_backward",
-           "crossentropy_softmax_forward", "crossentropy_softmax_backward", "adam_update"]
+# the named variants of the ops (csrc/common.h)
+VARIANTS = {"matmul": (0, {"auto": -1, "token_lanes": 0, "wT": 1}),
+            "attention": (1, {"auto": -1, "rows": 0, "query_lanes": 1, "channel_lanes": 2})}
 
 
-cdef int need(bint ok, str message) except -1:
+def force_variant(str op, str variant):
+    """Force the variant of an op where it applies ("auto" restores the
+    rule): for tests and benchmarks; process-wide."""
+    if op not in VARIANTS or variant not in VARIANTS[op][1]:
+        raise ValueError(f"unknown op/variant {op!r}/{variant!r}; known: "
+                         f"{ {k: sorted(v[1]) for k, v in VARIANTS.items()} }")
+    check(mg_force_variant(VARIANTS[op][0], VARIANTS[op][1][variant]), "force_variant")
+
+
+def attention_variant(int N, int p0, int C, int NH):
+    """The attention variant that runs for N queries at positions p0.. of
+    width C with NH heads (float64 lanes; the rule of csrc/ops/attention.h)."""
+    names = {v: k for k, v in VARIANTS["attention"][1].items()}
+    return names[attention_variant_f64(N, p0, C, NH)]
+
+
+cdef int kneed(bint ok, str message) except -1:
     if not ok:
         raise ValueError(message)
     return 0
 
 
 cdef int same_shape(tuple got, tuple want, str name) except -1:
-    return need(got == want, f"{name} has shape {got}, expected {want}")
+    return kneed(got == want, f"{name} has shape {got}, expected {want}")
 
 
 cdef tuple shape2(floating[:, ::1] a):
@@ -40,9 +49,9 @@ def encoder_forward(floating[:, ::1] out,        # OUT (N, C)
                     const floating[:, ::1] wpe): # IN  (T, C)
     cdef int N = out.shape[0], C = out.shape[1], i
     same_shape((inp.shape[0], pos.shape[0]), (N, N), "inp/pos")
-    need(wte.shape[1] == C and wpe.shape[1] == C, "wte/wpe must have C columns")
+    kneed(wte.shape[1] == C and wpe.shape[1] == C, "wte/wpe must have C columns")
     for i in range(N):
-        need(0 <= inp[i] < wte.shape[0] and 0 <= pos[i] < wpe.shape[0], "index out of range")
+        kneed(0 <= inp[i] < wte.shape[0] and 0 <= pos[i] < wpe.shape[0], "index out of range")
     with nogil:
         if floating is double:
             encoder_forward_f64(&out[0, 0], &inp[0], &pos[0], &wte[0, 0], &wpe[0, 0], N, C)
@@ -57,9 +66,9 @@ def encoder_backward(floating[:, ::1] dwte,       # OUT (V, C) accumulated
                      const int32_t[::1] pos):     # IN  (N)
     cdef int N = dout.shape[0], C = dout.shape[1], i
     same_shape((inp.shape[0], pos.shape[0]), (N, N), "inp/pos")
-    need(dwte.shape[1] == C and dwpe.shape[1] == C, "dwte/dwpe must have C columns")
+    kneed(dwte.shape[1] == C and dwpe.shape[1] == C, "dwte/dwpe must have C columns")
     for i in range(N):
-        need(0 <= inp[i] < dwte.shape[0] and 0 <= pos[i] < dwpe.shape[0], "index out of range")
+        kneed(0 <= inp[i] < dwte.shape[0] and 0 <= pos[i] < dwpe.shape[0], "index out of range")
     with nogil:
         if floating is double:
             encoder_backward_f64(&dwte[0, 0], &dwpe[0, 0], &dout[0, 0], &inp[0], &pos[0], N, C)
@@ -72,7 +81,7 @@ def rmsnorm_forward(floating[:, ::1] out,        # OUT (N, C)
                     const floating[:, ::1] inp): # IN  (N, C)
     cdef int N = inp.shape[0], C = inp.shape[1]
     same_shape(shape2(out), (N, C), "out")
-    need(scale.shape[0] == N, "scale must have N elements")
+    kneed(scale.shape[0] == N, "scale must have N elements")
     with nogil:
         if floating is double:
             rmsnorm_forward_f64(&out[0, 0], &scale[0], &inp[0, 0], N, C)
@@ -86,8 +95,8 @@ def rmsnorm_backward(floating[:, ::1] dinp,         # OUT (N, C) accumulated
                      const floating[::1] scale):    # IN  (N)
     cdef int N = inp.shape[0], C = inp.shape[1]
     same_shape(shape2(dinp), (N, C), "dinp")
-    need(dout.shape[0] == N and dout.shape[1] == C, "dout must be (N, C)")
-    need(scale.shape[0] == N, "scale must have N elements")
+    kneed(dout.shape[0] == N and dout.shape[1] == C, "dout must be (N, C)")
+    kneed(scale.shape[0] == N, "scale must have N elements")
     with nogil:
         if floating is double:
             rmsnorm_backward_f64(&dinp[0, 0], &dout[0, 0], &inp[0, 0], &scale[0], N, C)
@@ -99,7 +108,7 @@ def matmul_forward(floating[:, ::1] out,           # OUT (N, OC)
                    const floating[:, ::1] inp,     # IN  (N, C)
                    const floating[:, ::1] weight): # IN  (OC, C)
     cdef int N = inp.shape[0], C = inp.shape[1], OC = weight.shape[0]
-    need(weight.shape[1] == C, "weight must be (OC, C)")
+    kneed(weight.shape[1] == C, "weight must be (OC, C)")
     same_shape(shape2(out), (N, OC), "out")
     with nogil:
         if floating is double:
@@ -114,10 +123,10 @@ def matmul_backward(floating[:, ::1] dinp,           # OUT (N, C) accumulated
                     const floating[:, ::1] inp,      # IN  (N, C)
                     const floating[:, ::1] weight):  # IN  (OC, C)
     cdef int N = inp.shape[0], C = inp.shape[1], OC = weight.shape[0]
-    need(weight.shape[1] == C, "weight must be (OC, C)")
+    kneed(weight.shape[1] == C, "weight must be (OC, C)")
     same_shape(shape2(dinp), (N, C), "dinp")
     same_shape(shape2(dweight), (OC, C), "dweight")
-    need(dout.shape[0] == N and dout.shape[1] == OC, "dout must be (N, OC)")
+    kneed(dout.shape[0] == N and dout.shape[1] == OC, "dout must be (N, OC)")
     with nogil:
         if floating is double:
             matmul_backward_f64(&dinp[0, 0], &dweight[0, 0], &dout[0, 0], &inp[0, 0],
@@ -134,12 +143,12 @@ def attention_forward(floating[:, ::1] out,       # OUT (N, C)
                       const floating[:, ::1] v,   # IN  (p0 + N, C)
                       int p0=0):
     cdef int N = q.shape[0], C = q.shape[1], NH = att.shape[1], T = att.shape[2]
-    need(NH >= 1 and C % NH == 0, "att.shape[1] (n_head) must divide C")
-    need(p0 >= 0 and p0 + N <= T, "positions must fit in att.shape[2] (T)")
-    need(k.shape[0] >= p0 + N and v.shape[0] >= p0 + N and k.shape[1] == C and v.shape[1] == C,
+    kneed(NH >= 1 and C % NH == 0, "att.shape[1] (n_head) must divide C")
+    kneed(p0 >= 0 and p0 + N <= T, "positions must fit in att.shape[2] (T)")
+    kneed(k.shape[0] >= p0 + N and v.shape[0] >= p0 + N and k.shape[1] == C and v.shape[1] == C,
          "k and v must be (p0 + N, C)")
     same_shape(shape2(out), (N, C), "out")
-    need(att.shape[0] == N, "att must be (N, NH, T)")
+    kneed(att.shape[0] == N, "att must be (N, NH, T)")
     with nogil:
         if floating is double:
             attention_forward_f64(&out[0, 0], &att[0, 0, 0], &q[0, 0], &k[0, 0], &v[0, 0],
@@ -158,9 +167,9 @@ def attention_backward(floating[:, ::1] dq,          # OUT (N, C) accumulated
                        const floating[:, ::1] k,     # IN  (N, C)
                        const floating[:, ::1] v):    # IN  (N, C)
     cdef int N = q.shape[0], C = q.shape[1], NH = att.shape[1], T = att.shape[2]
-    need(NH >= 1 and C % NH == 0 and att.shape[0] == N and N <= T, "att must be (N, NH, T)")
+    kneed(NH >= 1 and C % NH == 0 and att.shape[0] == N and N <= T, "att must be (N, NH, T)")
     for name, a in (("dq", dq), ("dk", dk), ("dv", dv), ("dout", dout), ("k", k), ("v", v)):
-        need(a.shape[0] == N and a.shape[1] == C, f"{name} must be (N, C)")
+        kneed(a.shape[0] == N and a.shape[1] == C, f"{name} must be (N, C)")
     datt_arr = np.zeros((N, NH, T), dtype=np.float64 if floating is double else np.float32)
     cdef floating[:, :, ::1] datt = datt_arr
     with nogil:
@@ -173,7 +182,7 @@ def attention_backward(floating[:, ::1] dq,          # OUT (N, C) accumulated
 
 
 def relu_forward(floating[::1] out, const floating[::1] inp):          # OUT, IN (n)
-    need(out.shape[0] == inp.shape[0], "out and inp must have the same size")
+    kneed(out.shape[0] == inp.shape[0], "out and inp must have the same size")
     with nogil:
         if floating is double:
             relu_forward_f64(&out[0], &inp[0], inp.shape[0])
@@ -182,7 +191,7 @@ def relu_forward(floating[::1] out, const floating[::1] inp):          # OUT, IN
 
 
 def relu_backward(floating[::1] dinp, const floating[::1] dout, const floating[::1] inp):
-    need(dinp.shape[0] == inp.shape[0] == dout.shape[0], "arrays must have the same size")
+    kneed(dinp.shape[0] == inp.shape[0] == dout.shape[0], "arrays must have the same size")
     with nogil:
         if floating is double:
             relu_backward_f64(&dinp[0], &dout[0], &inp[0], inp.shape[0])
@@ -191,7 +200,7 @@ def relu_backward(floating[::1] dinp, const floating[::1] dout, const floating[:
 
 
 def residual_forward(floating[::1] out, const floating[::1] inp1, const floating[::1] inp2):
-    need(out.shape[0] == inp1.shape[0] == inp2.shape[0], "arrays must have the same size")
+    kneed(out.shape[0] == inp1.shape[0] == inp2.shape[0], "arrays must have the same size")
     with nogil:
         if floating is double:
             residual_forward_f64(&out[0], &inp1[0], &inp2[0], out.shape[0])
@@ -200,7 +209,7 @@ def residual_forward(floating[::1] out, const floating[::1] inp1, const floating
 
 
 def residual_backward(floating[::1] dinp1, floating[::1] dinp2, const floating[::1] dout):
-    need(dinp1.shape[0] == dinp2.shape[0] == dout.shape[0], "arrays must have the same size")
+    kneed(dinp1.shape[0] == dinp2.shape[0] == dout.shape[0], "arrays must have the same size")
     with nogil:
         if floating is double:
             residual_backward_f64(&dinp1[0], &dinp2[0], &dout[0], dout.shape[0])
@@ -214,9 +223,9 @@ def crossentropy_softmax_forward(floating[::1] losses,          # OUT (N)
                                  const int32_t[::1] targets):   # IN  (N)
     cdef int N = logits.shape[0], V = logits.shape[1], i
     same_shape(shape2(probs), (N, V), "probs")
-    need(losses.shape[0] == N and targets.shape[0] == N, "losses/targets must have N elements")
+    kneed(losses.shape[0] == N and targets.shape[0] == N, "losses/targets must have N elements")
     for i in range(N):
-        need(0 <= targets[i] < V, "target out of range")
+        kneed(0 <= targets[i] < V, "target out of range")
     with nogil:
         if floating is double:
             crossentropy_softmax_forward_f64(&losses[0], &probs[0, 0], &logits[0, 0], &targets[0], N, V)
@@ -230,9 +239,9 @@ def crossentropy_softmax_backward(floating[:, ::1] dlogits,      # OUT (N, V) ac
                                   const int32_t[::1] targets):   # IN  (N)
     cdef int N = probs.shape[0], V = probs.shape[1], i
     same_shape(shape2(dlogits), (N, V), "dlogits")
-    need(dlosses.shape[0] == N and targets.shape[0] == N, "dlosses/targets must have N elements")
+    kneed(dlosses.shape[0] == N and targets.shape[0] == N, "dlosses/targets must have N elements")
     for i in range(N):
-        need(0 <= targets[i] < V, "target out of range")
+        kneed(0 <= targets[i] < V, "target out of range")
     with nogil:
         if floating is double:
             crossentropy_softmax_backward_f64(&dlogits[0, 0], &dlosses[0], &probs[0, 0], &targets[0], N, V)
@@ -244,8 +253,8 @@ def adam_update(floating[::1] params, floating[::1] m, floating[::1] v,   # OUT 
                 const floating[::1] grads,                               # IN  (n)
                 double lr_t, double beta1, double beta2, double eps, long t):
     cdef size_t n = params.shape[0]
-    need(m.shape[0] == n and v.shape[0] == n and grads.shape[0] == n, "arrays must have the same size")
-    need(t >= 1, "t is the 1-based step")
+    kneed(m.shape[0] == n and v.shape[0] == n and grads.shape[0] == n, "arrays must have the same size")
+    kneed(t >= 1, "t is the 1-based step")
     with nogil:
         if floating is double:
             adam_update_f64(&params[0], &m[0], &v[0], &grads[0], n, lr_t, beta1, beta2, eps, t)

@@ -1,0 +1,87 @@
+/*
+ * common.h: what every part of the C core shares (not a template).
+ *
+ * Dimension names, used everywhere:
+ *   V  vocab_size          T  block_size (max sequence length)
+ *   L  n_layer             C  n_embd          NH  n_head    HS = C / NH
+ *   N  tokens in a batch (documents packed back to back)
+ *   OC output channels of a matmul
+ *
+ * The threading rule: a kernel opens an OpenMP region only when its work
+ * pays for one (MG_USE_THREADS); each output element is written by one
+ * thread with a fixed summation order, so results never depend on the
+ * number of threads.  Status codes are in microgpt.h; nothing in the core
+ * calls exit/abort/assert on user input.
+ */
+#ifndef MG_COMMON_H
+#define MG_COMMON_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MG_STR(x) #x
+#define MG_PRAGMA(x) _Pragma(MG_STR(x))
+#define MG_INLINE static inline __attribute__((always_inline))
+
+/* Hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked
+ * at load time (GCC function multiversioning); elsewhere (Clang, other
+ * CPUs), plain code for the compiler's target.  Each clone computes the same
+ * IEEE operations in the same order (see simd.h for what may differ). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(MG_NO_CLONES)
+#define MG_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define MG_HAVE_CLONES 1
+#else
+#define MG_HOT
+#define MG_HAVE_CLONES 0
+#endif
+
+/* Threads a parallel region uses: the mg_set_num_threads value, else
+ * OpenMP's default (threads.c). */
+int mg_team_size(void);
+
+/* A kernel goes parallel only from this many multiply-adds: a region costs
+ * tens of microseconds when the threads have to be woken, and measured on 2
+ * cores, one document per step at 64/64 (1 or 4 layers) and 128/64 x 2
+ * layers ran slower on 2 threads than on 1 with any lower threshold (e.g.
+ * 64/64 float32: 98 us vs 66 at 1e5, 73 vs 65 at 1e6, 65 vs 69 at 4e6). */
+#ifndef MG_OMP_MIN_WORK
+#define MG_OMP_MIN_WORK 4000000
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+/* set by the model around a batched step too small for a team (serial) */
+extern _Thread_local int mg_serial;
+/* Threads only when `work` multiply-adds pay for them, there are at least
+ * two pieces and no team is already running (a kernel called inside the
+ * model's parallel region runs serially). */
+#define MG_USE_THREADS(work, pieces) \
+    ((work) >= MG_OMP_MIN_WORK && (pieces) > 1 && !mg_serial && mg_team_size() > 1 && \
+     !omp_in_parallel())
+static inline int mg_thread_num(void) { return omp_get_thread_num(); }
+static inline int mg_num_threads(void) { return omp_get_num_threads(); }
+#else
+#define MG_USE_THREADS(work, pieces) 0
+static inline int mg_thread_num(void) { return 0; }
+static inline int mg_num_threads(void) { return 1; }
+#endif
+
+/* Named variants of the ops (each can be forced for tests and benchmarks;
+ * the rule that picks one lives next to the op). */
+enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_NUM_OPS = 2 };
+enum { MG_VARIANT_AUTO = -1 };
+/* matmul forward: token lanes (copies of the inputs, lanes over tokens) or
+ * a transposed weight (lanes over output channels) */
+enum { MG_MM_TOKEN_LANES = 0, MG_MM_WT = 1, MG_MM_NUM_VARIANTS = 2 };
+/* attention: rows (scalar, any shape), query lanes (one document, lanes
+ * over queries), channel lanes (small heads, lanes over channels) */
+enum { MG_ATT_ROWS = 0, MG_ATT_QUERY_LANES = 1, MG_ATT_CHANNEL_LANES = 2,
+       MG_ATT_NUM_VARIANTS = 3 };
+/* the forced variant of each op, or MG_VARIANT_AUTO (threads.c) */
+extern int mg_forced_variant[MG_NUM_OPS];
+
+#endif /* MG_COMMON_H */

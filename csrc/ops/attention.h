@@ -1,0 +1,556 @@
+/*
+ * ops/attention.h: causal multi-head attention, forward and backward (a
+ * template over REAL).
+ *
+ * Query i sits at position p0 + i and attends keys/values at positions
+ * 0 .. p0 + i (k and v are indexed by position).  Training uses p0 = 0 on
+ * one document; inference uses N = 1, p0 = pos on the KV cache.
+ * s_t = (q_h . k_h[t]) * (HS^0.5)^-1, w = softmax(s), out_h = sum_t w_t v_h[t].
+ * The weights are saved in att (N, NH, T) for the backward.
+ *
+ * Variants (MG_ATT_*, chosen by FN(attention_choose), at the end):
+ *   rows           scalar loops, any shape, threads over queries / heads;
+ *   query lanes    one document (p0 = 0) that fits the stack scratch: lanes
+ *                  over MG_LANES consecutive queries;
+ *   channel lanes  heads that pack into a register (HS | MG_LANES | C) and
+ *                  at most MG_ATT_LANES_MAX_KEYS keys: lanes over channels.
+ * Every forward variant is bit-identical to the reference in float64; the
+ * backward variants agree to rounding (each a fixed order).
+ */
+
+/* ------------------------------------------------------------ rows */
+/* Query rows i0 .. i1-1 of attention_forward. */
+MG_HOT static void FN(attention_forward_rows)(REAL *out, REAL *att, const REAL *q, const REAL *k,
+                                              const REAL *v, int i0, int i1, int p0, int C,
+                                              int NH, int T) {
+    const int HS = C / NH;
+    const REAL scale = FN(att_scale)(HS);
+    for (int i = i0; i < i1; i++) {
+        const int p = p0 + i;
+        for (int h = 0; h < NH; h++) {
+            const REAL *qh = q + (size_t)i * C + (size_t)h * HS;
+            REAL *w = att + ((size_t)i * NH + h) * T;
+            REAL maxv = 0;
+            for (int t = 0; t <= p; t++) {
+                const REAL *kh = k + (size_t)t * C + (size_t)h * HS;
+                REAL s = 0;
+                for (int j = 0; j < HS; j++) s += qh[j] * kh[j];
+                s = s * scale;
+                w[t] = s;
+                if (t == 0 || s > maxv) maxv = s;
+            }
+            REAL total = 0;
+            for (int t = 0; t <= p; t++) { w[t] = EXP(w[t] - maxv); total += w[t]; }
+            const REAL inv = RECIP(total);
+            for (int t = 0; t <= p; t++) w[t] = w[t] * inv;
+            REAL *o = out + (size_t)i * C + (size_t)h * HS;
+            for (int j = 0; j < HS; j++) {
+                REAL a = 0;
+                for (int t = 0; t <= p; t++) a += w[t] * v[(size_t)t * C + (size_t)h * HS + j];
+                o[j] = a;
+            }
+        }
+    }
+}
+
+
+/* Heads h0 .. h1-1 of attention_backward. */
+MG_HOT static void FN(attention_backward_heads)(REAL *dq, REAL *dk, REAL *dv, REAL *datt,
+                                                const REAL *dout, const REAL *att, const REAL *q,
+                                                const REAL *k, const REAL *v, int h0, int h1,
+                                                int N, int C, int NH, int T) {
+    const int HS = C / NH;
+    const REAL scale = FN(att_scale)(HS);
+    for (int h = h0; h < h1; h++) {
+        const size_t hs = (size_t)h * HS;
+        for (int i = 0; i < N; i++) {
+            const REAL *w = att + ((size_t)i * NH + h) * T;
+            REAL *dw = datt + ((size_t)i * NH + h) * T;
+            const REAL *d = dout + (size_t)i * C + hs;
+            for (int t = 0; t <= i; t++) {
+                const REAL *vt = v + (size_t)t * C + hs;
+                REAL *dvt = dv + (size_t)t * C + hs;
+                REAL g = 0;
+                for (int j = 0; j < HS; j++) { g += d[j] * vt[j]; dvt[j] += w[t] * d[j]; }
+                dw[t] = g;
+            }
+            /* softmax: ds_t = w_t (dw_t - sum_u w_u dw_u) */
+            REAL dot = 0;
+            for (int t = 0; t <= i; t++) dot += w[t] * dw[t];
+            const REAL *qi = q + (size_t)i * C + hs;
+            REAL *dqi = dq + (size_t)i * C + hs;
+            for (int t = 0; t <= i; t++) {
+                const REAL ds = w[t] * (dw[t] - dot) * scale;
+                const REAL *kt = k + (size_t)t * C + hs;
+                REAL *dkt = dk + (size_t)t * C + hs;
+                for (int j = 0; j < HS; j++) { dqi[j] += ds * kt[j]; dkt[j] += ds * qi[j]; }
+            }
+        }
+    }
+}
+
+
+/* ------------------------------------------------------ query lanes */
+/* attention of one document (p0 = 0), vectorised across queries: lanes
+ * are MG_LANES consecutive queries i0 + l, keys/values are broadcast.  Each
+ * score, exp, sum and output is the same scalar operation sequence as in
+ * attention_forward_rows (lanes of keys t > i are never exponentiated and
+ * carry weight 0, which adds exact zeros to the outputs). */
+#define MG_ATT_SCRATCH 6144
+/* scratch elements needed for a document of n tokens (0: too big for the stack) */
+static int FN(att_doc_fits)(int n, int HS) {
+    return (size_t)MG_LANES * (2 * (size_t)n + 2 * (size_t)HS) <= MG_ATT_SCRATCH;
+}
+
+/* The softmax of query lanes i0 .. i0+nb-1 of head h over keys 0 .. nt-1:
+ * S (nt, NB) holds the scores and receives the weights (0 for keys past a
+ * query and in lanes past nb are set by the caller); att gets each query's
+ * weights.  Exact: lane by lane, the scalar operations of
+ * attention_forward_rows. */
+MG_INLINE void FN(att_doc_softmax_exact)(REAL *S, REAL *att, int i0, int nb, int nt, int h,
+                                         int NH, int T) {
+    enum { NB = MG_LANES };
+    for (int l = 0; l < nb; l++) {
+        const int i = i0 + l;
+        REAL *w = att + ((size_t)i * NH + h) * T;
+        REAL maxv = 0;
+        for (int t = 0; t <= i; t++) {
+            const REAL sc = S[(size_t)t * NB + l];
+            if (t == 0 || sc > maxv) maxv = sc;
+        }
+        REAL total = 0;
+        for (int t = 0; t <= i; t++) {
+            const REAL e = EXP(S[(size_t)t * NB + l] - maxv);
+            S[(size_t)t * NB + l] = e;
+            total += e;
+        }
+        const REAL inv = RECIP(total);
+        for (int t = 0; t <= i; t++) {
+            const REAL wt = S[(size_t)t * NB + l] * inv;
+            S[(size_t)t * NB + l] = wt;
+            w[t] = wt;
+        }
+        for (int t = i + 1; t < nt; t++) S[(size_t)t * NB + l] = 0;
+    }
+}
+
+#if MG_RELAXED
+/* Relaxed: whole registers, the vector exp, a select for the causal mask. */
+MG_INLINE void FN(att_doc_softmax_relaxed)(REAL *S, REAL *att, int i0, int nb, int nt, int h,
+                                           int NH, int T) {
+    enum { NB = MG_LANES };
+    VEC li, M = LOADU(S), total = {0};
+    for (int l = 0; l < NB; l++) li[l] = (REAL)(i0 + l);
+    const VEC zero = {0};
+    /* (one comparison per select: GCC 12 scalarises an & of two masks) */
+    for (int t = 1; t < nt; t++) {
+        const VEC tv = zero + (REAL)t;
+        const VEC st = MG_SEL(tv <= li, LOADU(S + (size_t)t * NB), M);
+        M = MG_SEL(st > M, st, M);
+    }
+    for (int t = 0; t < nt; t++) {
+        const VEC tv = zero + (REAL)t;
+        VEC e = LOADU(S + (size_t)t * NB) - M;
+        FN(vexp)(&e);
+        e = MG_SEL(tv <= li, e, zero);
+        STOREU(S + (size_t)t * NB, e);
+        total += e;
+    }
+    const VEC inv = (REAL)1 / total;
+    for (int t = 0; t < nt; t++) {
+        const VEC wv = LOADU(S + (size_t)t * NB) * inv;
+        STOREU(S + (size_t)t * NB, wv);
+        for (int l = t > i0 ? t - i0 : 0; l < nb; l++)
+            att[((size_t)(i0 + l) * NH + h) * T + t] = wv[l];
+    }
+}
+#define MG_ATT_DOC_SOFTMAX FN(att_doc_softmax_relaxed)
+#else
+#define MG_ATT_DOC_SOFTMAX FN(att_doc_softmax_exact)
+#endif
+
+MG_HOT static void FN(attention_forward_doc)(REAL *out, REAL *att, const REAL *q, const REAL *k,
+                                             const REAL *v, int n, int C, int NH, int T,
+                                             REAL scale) {
+    enum { NB = MG_LANES };
+    REAL scratch[MG_ATT_SCRATCH];
+    const int HS = C / NH;
+    REAL *S = scratch;                 /* (n, NB) scores, then weights */
+    REAL *qT = S + (size_t)n * NB;     /* (HS, NB) */
+    for (int i0 = 0; i0 < n; i0 += NB) {
+        const int nb = n - i0 < NB ? n - i0 : NB, nt = i0 + nb;
+        for (int h = 0; h < NH; h++) {
+            const size_t hs = (size_t)h * HS;
+            for (int j = 0; j < HS; j++)
+                for (int l = 0; l < NB; l++)
+                    qT[(size_t)j * NB + l] = l < nb ? q[(size_t)(i0 + l) * C + hs + j] : (REAL)0;
+            for (int t = 0; t < nt; t++) {
+                const REAL *kt = k + (size_t)t * C + hs;
+                VEC sv = {0};
+                for (int j = 0; j < HS; j++) sv += LOADU(qT + (size_t)j * NB) * kt[j];
+                STOREU(S + (size_t)t * NB, sv * scale);
+            }
+            MG_ATT_DOC_SOFTMAX(S, att, i0, nb, nt, h, NH, T);
+            for (int l = nb; l < NB; l++)
+                for (int t = 0; t < nt; t++) S[(size_t)t * NB + l] = 0;
+            for (int j = 0; j < HS; j++) {
+                VEC a = {0};
+                for (int t = 0; t < nt; t++) a += LOADU(S + (size_t)t * NB) * v[(size_t)t * C + hs + j];
+                for (int l = 0; l < nb; l++) out[(size_t)(i0 + l) * C + hs + j] = a[l];
+            }
+        }
+    }
+}
+
+/* Backward of attention_forward_doc (any fixed order: rounding-level). */
+MG_HOT static void FN(attention_backward_doc)(REAL *dq, REAL *dk, REAL *dv, const REAL *dout,
+                                              const REAL *att, const REAL *q, const REAL *k,
+                                              const REAL *v, int n, int C, int NH, int T,
+                                              REAL scale) {
+    enum { NB = MG_LANES };
+    REAL scratch[MG_ATT_SCRATCH];
+    const int HS = C / NH;
+    REAL *W = scratch;                 /* (n, NB) weights */
+    REAL *D = W + (size_t)n * NB;      /* (n, NB) dweights, then dscores */
+    REAL *dT = D + (size_t)n * NB;     /* (HS, NB) dout */
+    REAL *gT = dT + (size_t)HS * NB;   /* (HS, NB) dq */
+    for (int i0 = 0; i0 < n; i0 += NB) {
+        const int nb = n - i0 < NB ? n - i0 : NB, nt = i0 + nb;
+        for (int h = 0; h < NH; h++) {
+            const size_t hs = (size_t)h * HS;
+            for (int t = 0; t < nt; t++)
+                for (int l = 0; l < NB; l++)
+                    W[(size_t)t * NB + l] = l < nb && t <= i0 + l
+                        ? att[((size_t)(i0 + l) * NH + h) * T + t] : (REAL)0;
+            for (int j = 0; j < HS; j++)
+                for (int l = 0; l < NB; l++)
+                    dT[(size_t)j * NB + l] = l < nb ? dout[(size_t)(i0 + l) * C + hs + j] : (REAL)0;
+            VEC dot = {0};
+            for (int t = 0; t < nt; t++) {
+                const REAL *vt = v + (size_t)t * C + hs;
+                VEC g = {0};
+                for (int j = 0; j < HS; j++) g += LOADU(dT + (size_t)j * NB) * vt[j];
+                STOREU(D + (size_t)t * NB, g);
+                dot += LOADU(W + (size_t)t * NB) * g;
+            }
+            for (int t = 0; t < nt; t++) {
+                const VEC wv = LOADU(W + (size_t)t * NB);
+                STOREU(D + (size_t)t * NB, wv * (LOADU(D + (size_t)t * NB) - dot) * scale);
+            }
+            /* dq (lanes = queries) */
+            for (int j = 0; j < HS; j++) {
+                VEC a = {0};
+                for (int t = 0; t < nt; t++) a += LOADU(D + (size_t)t * NB) * k[(size_t)t * C + hs + j];
+                STOREU(gT + (size_t)j * NB, a);
+            }
+            for (int l = 0; l < nb; l++) {
+                REAL *dqi = dq + (size_t)(i0 + l) * C + hs;
+                for (int j = 0; j < HS; j++) dqi[j] += gT[(size_t)j * NB + l];
+            }
+            /* dk, dv: rank-1 updates per (query, key) */
+            for (int l = 0; l < nb; l++) {
+                const int i = i0 + l;
+                const REAL *qi = q + (size_t)i * C + hs, *di = dout + (size_t)i * C + hs;
+                for (int t = 0; t <= i; t++) {
+                    const REAL ds = D[(size_t)t * NB + l], wt = W[(size_t)t * NB + l];
+                    REAL *dkt = dk + (size_t)t * C + hs, *dvt = dv + (size_t)t * C + hs;
+                    for (int j = 0; j < HS; j++) { dkt[j] += ds * qi[j]; dvt[j] += wt * di[j]; }
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------- channel lanes */
+/* attention with lanes over channels: for a query row i and key t, one
+ * product q[i][c0 : c0 + NB] * k[t][c0 : c0 + NB] holds the terms of NB / HS
+ * heads at once (heads never straddle a register: HS divides NB, NB divides
+ * C), and sums within each group of HS lanes give all their scores.  Every
+ * register of channels is an independent attention problem over its heads.
+ * This fills the lanes for short documents and small heads, where the
+ * query-lane kernels above leave most lanes idle and pay a per-head setup.
+ *
+ * Exactness of the forward (float64 bit-identical to attention_forward_rows):
+ * - score: the reference's sequential ((0 + a0) + a1) + ... + a_{HS-1}, done
+ *   as HS - 1 shifted adds in order (lane g*HS of ((0 + a) + a<<1) + a<<2 ...
+ *   is the head's sum; not a tree), then broadcast over the head's lanes, so
+ *   every lane of a group carries its head's score, and multiplied by scale;
+ * - max, sum of exps and the output sums run over t from 0 in order, lane by
+ *   lane, the same scalar operations as the reference (a select for the max);
+ * - float64: exp and the reciprocal are the libm EXP / RECIP, once per head
+ *   (not per lane); float32 uses the vector exp (any order is allowed there).
+ */
+#define MG_ATT_LANES_MAX_KEYS 64   /* scratch (keys, NB) on the stack */
+
+/* 1 if the lanes-over-channels kernels cover this shape with nk keys. */
+static int FN(att_lanes_ok)(int C, int NH, int nk) {
+    const int HS = C / NH;
+    return HS >= 1 && MG_LANES % HS == 0 && C % MG_LANES == 0 && nk <= MG_ATT_LANES_MAX_KEYS;
+}
+/* The exps of the scores S (nk, NB) less each head's max *M, in place, and
+ * their sum over the keys in *total, key by key from t = 0.  Exact: libm's
+ * exp once per head (not per lane), copied over the head's lanes. */
+MG_INLINE void FN(att_lanes_exp_exact)(REAL *S, const VEC *M, VEC *total, int nk, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;
+    *total = (VEC){0};
+    for (int t = 0; t < nk; t++) {
+        VEC e = LOADU(S + (size_t)t * NB) - *M;
+        REAL eb[NB];
+        STOREU(eb, e);
+        for (int g = 0; g < G; g++) {
+            const REAL x = EXP(eb[g * HS]);
+            for (int j = 0; j < HS; j++) eb[g * HS + j] = x;
+        }
+        e = LOADU(eb);
+        STOREU(S + (size_t)t * NB, e);
+        *total = *total + e;
+    }
+}
+
+/* 1 / total per head (the libm-exact reciprocal once per head) */
+MG_INLINE void FN(att_lanes_inv_exact)(VEC *inv, const VEC *total, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;
+    REAL ib[NB] = {0};   /* (every lane is set below; this quiets -Wmaybe-uninitialized) */
+    for (int g = 0; g < G; g++) {
+        const REAL x = RECIP((*total)[g * HS]);
+        for (int j = 0; j < HS; j++) ib[g * HS + j] = x;
+    }
+    *inv = LOADU(ib);
+}
+
+#if MG_RELAXED
+/* Relaxed: the vector exp.  A register holds each head's score HS times, so
+ * HS keys' scores are exponentiated in one register (lane j of each head
+ * group from key t0 + j), then spread back; vexp is lane-wise, so every
+ * weight has the bits it would have one key per register. */
+MG_INLINE void FN(att_lanes_exp_relaxed)(REAL *S, const VEC *M, VEC *total, int nk,
+                                         const int HS) {
+    enum { NB = MG_LANES };
+    *total = (VEC){0};
+    if (HS == 1) {
+        for (int t = 0; t < nk; t++) {
+            VEC e = LOADU(S + (size_t)t * NB) - *M;
+            FN(vexp)(&e);
+            STOREU(S + (size_t)t * NB, e);
+            *total = *total + e;
+        }
+        return;
+    }
+    IVEC lane;
+    for (int l = 0; l < NB; l++) lane[l] = l;
+    for (int t0 = 0; t0 < nk; t0 += HS) {
+        VEC pk = LOADU(S + (size_t)t0 * NB);
+        for (int j = 1; j < HS; j++) {
+            const VEC sj = t0 + j < nk ? LOADU(S + (size_t)(t0 + j) * NB) : *M;
+            pk = MG_SEL(lane % HS == j, sj, pk);
+        }
+        pk = pk - *M;
+        FN(vexp)(&pk);
+        for (int j = 0; j < HS && t0 + j < nk; j++) {
+            IVEC idx;
+            for (int l = 0; l < NB; l++) idx[l] = l / HS * HS + j;
+            const VEC e = MG_VPERM(pk, idx);
+            STOREU(S + (size_t)(t0 + j) * NB, e);
+            *total = *total + e;
+        }
+    }
+}
+
+MG_INLINE void FN(att_lanes_inv_relaxed)(VEC *inv, const VEC *total, const int HS) {
+    (void)HS;
+    *inv = (REAL)1 / *total;
+}
+#define MG_ATT_LANES_EXP FN(att_lanes_exp_relaxed)
+#define MG_ATT_LANES_INV FN(att_lanes_inv_relaxed)
+#else
+#define MG_ATT_LANES_EXP FN(att_lanes_exp_exact)
+#define MG_ATT_LANES_INV FN(att_lanes_inv_exact)
+#endif
+
+/* Query rows 0 .. N-1 at positions p0 + i, keys 0 .. p0 + i; HS a constant. */
+MG_INLINE void FN(att_fwd_lanes_body)(
+        REAL *out, REAL *att, const REAL *q, const REAL *k, const REAL *v, int N, int p0,
+        int C, int NH, int T, REAL scale, REAL *S /* (p0 + N, NB) scratch */, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;   /* heads per register */
+    const VEC zero = {0};
+    for (int i = 0; i < N; i++) {
+        const int nk = p0 + i + 1;
+        for (int c0 = 0; c0 < C; c0 += NB) {
+            const int h0 = c0 / HS;
+            const VEC qv = LOADU(q + (size_t)i * C + c0);
+            VEC M = zero;
+            for (int t = 0; t < nk; t++) {
+                const VEC a = qv * LOADU(k + (size_t)t * C + c0);
+                VEC s;
+                FN(group_sum_seq)(&s, &a, HS);
+                FN(group_bcast)(&s, HS);
+                s = s * scale;
+                STOREU(S + (size_t)t * NB, s);
+                /* (one comparison per select: GCC 12 scalarises reused masks) */
+                M = t == 0 ? s : MG_SEL(s > M, s, M);
+            }
+            VEC total, inv;
+            MG_ATT_LANES_EXP(S, &M, &total, nk, HS);
+            MG_ATT_LANES_INV(&inv, &total, HS);
+            VEC o = zero;
+            REAL *w = att + ((size_t)i * NH + h0) * T;
+            for (int t = 0; t < nk; t++) {
+                const VEC wv = LOADU(S + (size_t)t * NB) * inv;
+                for (int g = 0; g < G; g++) w[(size_t)g * T + t] = wv[g * HS];
+                o = o + wv * LOADU(v + (size_t)t * C + c0);
+            }
+            STOREU(out + (size_t)i * C + c0, o);
+        }
+    }
+}
+
+MG_HOT static void FN(attention_forward_lanes)(REAL *out, REAL *att, const REAL *q,
+                                               const REAL *k, const REAL *v, int N, int p0,
+                                               int C, int NH, int T, REAL scale) {
+    REAL S[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES];
+    switch (C / NH) {
+    case 1: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 1); break;
+    case 2: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 2); break;
+    case 4: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 4); break;
+    case 8: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 8); break;
+    default: FN(att_fwd_lanes_body)(out, att, q, k, v, N, p0, C, NH, T, scale, S, 16); break;
+    }
+}
+
+/* Backward of attention_forward_lanes with p0 = 0 (any fixed order:
+ * rounding-level; the per-head sums over channels are butterflies). */
+MG_INLINE void FN(att_bwd_lanes_body)(
+        REAL *dq, REAL *dk, REAL *dv, const REAL *dout, const REAL *att, const REAL *q,
+        const REAL *k, const REAL *v, int N, int C, int NH, int T, REAL scale,
+        REAL *W /* (N, NB) weights */, REAL *D /* (N, NB) dweights */, const int HS) {
+    enum { NB = MG_LANES };
+    const int G = NB / HS;
+    const VEC zero = {0};
+    IVEC glane;
+    for (int l = 0; l < NB; l++) glane[l] = l;
+    for (int i = 0; i < N; i++) {
+        for (int c0 = 0; c0 < C; c0 += NB) {
+            const int h0 = c0 / HS;
+            const REAL *w = att + ((size_t)i * NH + h0) * T;
+            const VEC dov = LOADU(dout + (size_t)i * C + c0);
+            const VEC qv = LOADU(q + (size_t)i * C + c0);
+            VEC dot = zero;
+            for (int t = 0; t <= i; t++) {
+                /* the weights, each head's over its lanes (broadcasts and
+                 * selects: no scalar stores read back as a vector) */
+                VEC wv = zero + w[t];
+                for (int g = 1; g < G; g++)
+                    wv = MG_SEL(glane >= g * HS, zero + w[(size_t)g * T + t], wv);
+                STOREU(W + (size_t)t * NB, wv);
+                VEC g = dov * LOADU(v + (size_t)t * C + c0);
+                FN(group_sum_tree)(&g, HS);
+                STOREU(D + (size_t)t * NB, g);
+                dot = dot + wv * g;
+                REAL *dvt = dv + (size_t)t * C + c0;
+                STOREU(dvt, LOADU(dvt) + wv * dov);
+            }
+            /* softmax: ds_t = w_t (dw_t - sum_u w_u dw_u) */
+            VEC gq = zero;
+            for (int t = 0; t <= i; t++) {
+                const VEC ds = LOADU(W + (size_t)t * NB) * (LOADU(D + (size_t)t * NB) - dot) * scale;
+                gq = gq + ds * LOADU(k + (size_t)t * C + c0);
+                REAL *dkt = dk + (size_t)t * C + c0;
+                STOREU(dkt, LOADU(dkt) + ds * qv);
+            }
+            REAL *dqi = dq + (size_t)i * C + c0;
+            STOREU(dqi, LOADU(dqi) + gq);
+        }
+    }
+}
+
+MG_HOT static void FN(attention_backward_lanes)(REAL *dq, REAL *dk, REAL *dv, const REAL *dout,
+                                                const REAL *att, const REAL *q, const REAL *k,
+                                                const REAL *v, int N, int C, int NH, int T,
+                                                REAL scale) {
+    REAL W[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES], D[(size_t)MG_ATT_LANES_MAX_KEYS * MG_LANES];
+    switch (C / NH) {
+    case 1: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 1); break;
+    case 2: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 2); break;
+    case 4: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 4); break;
+    case 8: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 8); break;
+    default: FN(att_bwd_lanes_body)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T, scale, W, D, 16); break;
+    }
+}
+
+
+/* ------------------------------------------------- the variant rule */
+/* Which variant runs for N queries at positions p0 .. (the backward: p0 = 0):
+ * channel lanes where they apply (they fill the lanes for small heads and
+ * short documents, where the query lanes leave most idle and pay a per-head
+ * setup), else query lanes for a document that fits, else rows.  A forced
+ * variant (mg_forced_variant) is taken where it applies. */
+static int FN(attention_choose)(int N, int p0, int C, int NH) {
+    const int lanes = FN(att_lanes_ok)(C, NH, p0 + N);
+    const int doc = p0 == 0 && FN(att_doc_fits)(N, C / NH);
+    const int forced = mg_forced_variant[MG_OP_ATTENTION];
+    if (forced == MG_ATT_ROWS || (forced == MG_ATT_QUERY_LANES && doc) ||
+        (forced == MG_ATT_CHANNEL_LANES && lanes))
+        return forced;
+    return lanes ? MG_ATT_CHANNEL_LANES : doc ? MG_ATT_QUERY_LANES : MG_ATT_ROWS;
+}
+
+void FN(attention_forward)(REAL *out,         /* (N, C) */
+                           REAL *att,         /* (N, NH, T) saved softmax weights */
+                           const REAL *q,     /* (N, C) */
+                           const REAL *k,     /* (p0 + N, C) */
+                           const REAL *v,     /* (p0 + N, C) */
+                           int N, int p0, int C, int NH, int T) {
+    switch (FN(attention_choose)(N, p0, C, NH)) {
+    case MG_ATT_CHANNEL_LANES:
+        FN(attention_forward_lanes)(out, att, q, k, v, N, p0, C, NH, T, FN(att_scale)(C / NH));
+        return;
+    case MG_ATT_QUERY_LANES:
+        FN(attention_forward_doc)(out, att, q, k, v, N, C, NH, T, FN(att_scale)(C / NH));
+        return;
+    default:
+        break;
+    }
+    if (MG_USE_THREADS((size_t)N * (p0 + N) * C, N)) {
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
+        for (int i = 0; i < N; i++) FN(attention_forward_rows)(out, att, q, k, v, i, i + 1, p0, C, NH, T);
+        return;
+    }
+    FN(attention_forward_rows)(out, att, q, k, v, 0, N, p0, C, NH, T);
+}
+
+/* Backward of attention_forward with p0 = 0 (training on one document);
+ * the gradients are accumulated (+=). */
+void FN(attention_backward)(REAL *dq,          /* (N, C) */
+                            REAL *dk,          /* (N, C) */
+                            REAL *dv,          /* (N, C) */
+                            REAL *datt,        /* (N, NH, T) scratch (rows variant) */
+                            const REAL *dout,  /* (N, C) */
+                            const REAL *att,   /* (N, NH, T) */
+                            const REAL *q,     /* (N, C) */
+                            const REAL *k,     /* (N, C) */
+                            const REAL *v,     /* (N, C) */
+                            int N, int C, int NH, int T) {
+    switch (FN(attention_choose)(N, 0, C, NH)) {
+    case MG_ATT_CHANNEL_LANES:
+        FN(attention_backward_lanes)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T,
+                                     FN(att_scale)(C / NH));
+        return;
+    case MG_ATT_QUERY_LANES:
+        FN(attention_backward_doc)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T,
+                                   FN(att_scale)(C / NH));
+        return;
+    default:
+        break;
+    }
+    /* one head per thread: the head's slices of dq, dk, dv are its own */
+    if (MG_USE_THREADS((size_t)N * N * C, NH)) {
+        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        for (int h = 0; h < NH; h++)
+            FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, h, h + 1, N, C, NH, T);
+        return;
+    }
+    FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, 0, NH, N, C, NH, T);
+}
