@@ -44,7 +44,8 @@ from ._version import __version__
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError,
                          CheckpointMismatchError, TrainState, atomic_write_bytes,
                          load_checkpoint, prepare_out_dir, restore_into, save_checkpoint)
-from .errors import ConfigError, MicrogptError, NonFiniteLossError, SequenceLengthError
+from .errors import (ConfigError, MicrogptError, NonFiniteLossError, OptionalDependencyError,
+                     SequenceLengthError, TrainingInterrupted, VocabularyError)
 
 __all__ = ["BACKENDS", "GPT", "RUN_FIELDS", "TrainConfig", "TrainResult", "TrainingInterrupted",
            "OptionalDependencyError", "VocabularyError", "build_info", "check_plot_target",
@@ -58,26 +59,6 @@ MAX_STEPS = 2**62        # steps are C longs (and int64 step counters)
 #: Settings that define a run: resuming with any of them changed is an error.
 RUN_FIELDS = ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size", "lr",
               "beta1", "beta2", "eps", "seed", "dtype")
-
-
-class OptionalDependencyError(MicrogptError, ImportError):
-    """An optional dependency (e.g. matplotlib for plots) is not installed."""
-
-
-class VocabularyError(MicrogptError, ValueError):
-    """Text contains characters that are not in the model's vocabulary."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped at a step boundary because of Ctrl-C (SIGINT).
-
-    ``step`` is the number of completed steps, ``checkpoint`` the path of the
-    checkpoint saved at that step (None without ``out``), ``losses`` the loss
-    history."""
-
-    def __init__(self, step: int, checkpoint: Optional[Path], losses: List[float]):
-        super().__init__(f"training interrupted after step {step}")
-        self.step, self.checkpoint, self.losses = step, checkpoint, losses
 
 
 # --------------------------------------------------------------------------- config
