@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-from microgpt_c import api, distributed
+from microgpt_c import _core, api, distributed
 from microgpt_c import data as data_mod
 from microgpt_c.checkpoint import (CHECKPOINT_NAME, TrainState, load_checkpoint,
                                    restore_into, save_checkpoint)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     mine = fault_rank == rank
 
     if args.threads:
-        api._core.set_num_threads(args.threads)
+        _core.set_num_threads(args.threads)
     path = args.data
     if mine and fault_kind == "missing-data":
         path = path + ".missing"
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                   "losses": [float(x).hex() for x in history], "digest": digest,
                   "seconds": seconds, "timed_steps": state.step - timed_from,
                   "stats": getattr(trainer, "stats", None),
-                  "threads": api._core.get_num_threads()}
+                  "threads": _core.get_num_threads()}
         with open(f"{args.result}.{rank}.json", "w") as f:
             json.dump(result, f)
     if rank == 0:

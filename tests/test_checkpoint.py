@@ -141,12 +141,12 @@ def test_resume_from_periodic_checkpoint(tmp_path):
         seen.append(kw["train"].step)
         return orig(path, model, **kw)
 
-    import microgpt_c.api as api
-    api.save_checkpoint, saved = spy, api.save_checkpoint
+    import microgpt_c.training as training
+    training.save_checkpoint, saved = spy, training.save_checkpoint
     try:
         train(cfg, docs, out=tmp_path, save_every=7, stop_after=16)
     finally:
-        api.save_checkpoint = saved
+        training.save_checkpoint = saved
     assert seen == [7, 14, 16]
     resumed = train(cfg, docs, resume=tmp_path)
     assert resumed.losses == straight.losses

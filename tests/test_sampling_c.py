@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import microgpt_c as mc
-from microgpt_c import api
+from microgpt_c import api, sampling
 from microgpt_c.data import Tokenizer
 from microgpt_c.errors import NonFiniteLossError
 
@@ -27,7 +27,7 @@ TOK = Tokenizer(DOCS)
 def python_loop(monkeypatch, *args, **kwargs):
     """sample_names with the C loop switched off."""
     with monkeypatch.context() as m:
-        m.setattr(api, "_sample_in_c", lambda *a, **k: None)
+        m.setattr(sampling, "_sample_in_c", lambda *a, **k: None)
         return api.sample_names(*args, **kwargs)
 
 

@@ -34,13 +34,16 @@ if "OMP_WAIT_POLICY" not in _os.environ:
 from ._version import __version__
 from ._core import (Adam, get_num_threads, openmp_enabled, set_num_threads,
                     softmax_temperature, tensor_names)
-from .api import (GPT, OptionalDependencyError, TrainConfig, TrainingInterrupted, TrainResult,
-                  VocabularyError, build_info, load, save_loss_plot, train)
-from .checkpoint import (Checkpoint, CheckpointError, CheckpointMismatchError, TrainState,
-                         load_checkpoint, save_checkpoint)
-from .errors import (ConfigError, MicrogptError, ModelBusyError, ModelStateError,
-                     ModelTooLargeError, NonFiniteLossError, SequenceLengthError,
-                     TokenError)
+from .buildinfo import build_info
+from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .errors import (CheckpointError, CheckpointMismatchError, ConfigError, MicrogptError,
+                     ModelBusyError, ModelStateError, ModelTooLargeError, NonFiniteLossError,
+                     OptionalDependencyError, SequenceLengthError, TokenError,
+                     TrainingInterrupted, VocabularyError)
+from .model import GPT, load
+from .plotting import save_loss_plot
+from .training import TrainResult, train
 
 __all__ = ["__version__", "GPT", "Adam", "softmax_temperature", "tensor_names",
            "openmp_enabled", "get_num_threads", "set_num_threads", "build_info",

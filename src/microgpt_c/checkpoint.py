@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ._version import __version__
-from .errors import MicrogptError
+from .errors import CheckpointError, CheckpointMismatchError  # re-exported here
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "METADATA_KEYS", "Checkpoint",
            "CheckpointError", "CheckpointMismatchError", "TrainState", "atomic_write_bytes",
@@ -78,14 +78,6 @@ METADATA_KEYS = {
 }
 TRAIN_KEYS = ("step", "num_steps", "lr", "beta1", "beta2", "eps", "batch_size", "seed",
               "data_sha256", "num_docs", "rng_state")
-
-
-class CheckpointError(MicrogptError, ValueError):
-    """A checkpoint file is missing, unreadable, corrupted, foreign or unusable."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """Resuming with data, a configuration or a dtype that differs from the checkpoint's."""
 
 
 @dataclasses.dataclass

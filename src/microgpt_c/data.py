@@ -49,12 +49,7 @@ _CENSUS_FILES = ("dist.female.first", "dist.male.first")
 _HINT = "pass a UTF-8 text file with one document per line"
 
 
-class DataError(ValueError):
-    """The training data is missing, unreadable or unusable; the message says how to fix it."""
-
-
-class DataFileNotFound(DataError, FileNotFoundError):
-    """The data file does not exist (catchable as DataError or FileNotFoundError)."""
+from .errors import DataError, DataFileNotFound  # noqa: E402 - re-exported: data.DataError
 
 
 # --------------------------------------------------------------------------- documents

@@ -67,7 +67,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, MicrogptError, NonFiniteLossError, SequenceLengthError
+from .errors import ConfigError, DistributedError, NonFiniteLossError, SequenceLengthError
 
 __all__ = ["DataParallelModel", "DistributedError", "Session", "check_batch_size",
            "launched_size", "launched_rank", "mpi_requested", "params_digest", "rank",
@@ -83,12 +83,6 @@ REDUCTIONS = ("allreduce", "ordered")
 INSTALL_HINT = "pip install 'microgpt-c[mpi]' (installs mpi4py and the mpich wheel)"
 
 _OK, _NONFINITE, _ERROR = 0.0, 1.0, 2.0
-
-
-class DistributedError(MicrogptError, RuntimeError):
-    """A rank failed, or the ranks disagree (data, parameters, settings).
-
-    Raised on every rank at the same point, with the same message."""
 
 
 # --------------------------------------------------------------------------- environment

@@ -1,5 +1,14 @@
-"""Exceptions raised by microgpt_c, and the mapping from C status codes."""
+"""Every exception class of microgpt_c, and the mapping from C status codes.
+
+Each derives from :class:`MicrogptError` and from the standard class it has
+always been (``except ValueError`` keeps working), except
+:class:`TrainingInterrupted`, a :class:`KeyboardInterrupt` only, so that
+``except Exception`` never swallows a Ctrl-C.
+"""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 
 class MicrogptError(Exception):
@@ -32,6 +41,48 @@ class ModelBusyError(ModelStateError):
 
 class NonFiniteLossError(MicrogptError, FloatingPointError):
     """The loss became NaN or infinite."""
+
+
+class DataError(MicrogptError, ValueError):
+    """The training data is missing, unreadable or unusable; the message says how to fix it."""
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """The data file does not exist (catchable as DataError or FileNotFoundError)."""
+
+
+class CheckpointError(MicrogptError, ValueError):
+    """A checkpoint file is missing, unreadable, corrupted, foreign or unusable."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Resuming with data, a configuration or a dtype that differs from the checkpoint's."""
+
+
+class VocabularyError(MicrogptError, ValueError):
+    """Text contains characters that are not in the model's vocabulary."""
+
+
+class OptionalDependencyError(MicrogptError, ImportError):
+    """An optional dependency (e.g. matplotlib for plots) is not installed."""
+
+
+class DistributedError(MicrogptError, RuntimeError):
+    """A rank failed, or the ranks disagree (data, parameters, settings).
+
+    Raised on every rank at the same point, with the same message."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a step boundary because of Ctrl-C (SIGINT).
+
+    ``step`` is the number of completed steps, ``checkpoint`` the path of the
+    checkpoint saved at that step (None without ``out``), ``losses`` the loss
+    history."""
+
+    def __init__(self, step: int, checkpoint: Optional[Path], losses: List[float]):
+        super().__init__(f"training interrupted after step {step}")
+        self.step, self.checkpoint, self.losses = step, checkpoint, losses
 
 
 # C status code -> exception class (codes from csrc/microgpt.h)

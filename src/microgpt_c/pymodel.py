@@ -14,12 +14,7 @@ import numpy as np
 
 from . import reference
 from .errors import ConfigError, SequenceLengthError, TokenError
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+from .validate import positive_int
 
 
 class ReferenceBackendGPT:
@@ -31,11 +26,11 @@ class ReferenceBackendGPT:
                  dtype="float64"):
         if dtype != "float64":
             raise ConfigError(f"the reference backend computes in float64 only, not {dtype!r}")
-        self.vocab_size = _positive("vocab_size", vocab_size)
-        self.n_layer = _positive("n_layer", n_layer)
-        self.n_embd = _positive("n_embd", n_embd)
-        self.n_head = _positive("n_head", n_head)
-        self.block_size = _positive("block_size", block_size)
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.n_layer = positive_int(n_layer, "n_layer")
+        self.n_embd = positive_int(n_embd, "n_embd")
+        self.n_head = positive_int(n_head, "n_head")
+        self.block_size = positive_int(block_size, "block_size")
         if n_embd % n_head:
             raise ConfigError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         self.dtype = dtype

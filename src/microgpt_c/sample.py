@@ -20,9 +20,14 @@ from typing import Any, Dict, List, Optional
 
 from . import data as data_mod
 from ._version import __version__
-from .api import GPT, sample_names, sampling_defaults
 from .checkpoint import Checkpoint, load_checkpoint
+from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
+                  interrupted, nonneg_int, one_line, positive_float, positive_int)
 from .errors import MicrogptError
+from .model import GPT
+from .resume import sampling_defaults
+from .sampling import sample_names
+from .validate import optional_positive_int
 
 __all__ = ["build_parser", "main", "sample_checkpoint"]
 
@@ -40,9 +45,7 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
     if ckpt.uchars is None:
         raise MicrogptError(f"{ckpt.path} has no vocabulary (it was saved without a "
                             "tokenizer), so it cannot be sampled from")
-    if threads is not None:
-        if threads < 1:
-            raise MicrogptError(f"threads must be >= 1, got {threads}")
+    if optional_positive_int(threads, "threads") is not None:
         set_num_threads(threads)
     settings: Dict[str, Any] = {"num_samples": 20, "temperature": 0.5, "top_k": None,
                                 "prefix": ""}
@@ -65,48 +68,6 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
                         top_k=settings["top_k"], prefix=settings["prefix"])
 
 
-def format_samples(samples: List[str]) -> str:
-    return "".join(f"sample {i + 1:2d}: {name}\n" for i, name in enumerate(samples))
-
-
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_nonneg_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad option is one line ``error: ...`` on stderr (exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {_one_line_text(message)} (see {self.prog} --help)\n")
-
-
-def _one_line_text(text: str) -> str:
-    return " ".join(text.split())
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m microgpt_c.sample",
@@ -115,12 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="checkpoint file, or a training output directory (--out) holding "
                         "checkpoint.safetensors")
-    p.add_argument("--num-samples", type=_nonneg_int, default=None, metavar="N",
+    p.add_argument("--num-samples", type=nonneg_int, default=None, metavar="N",
                    help="number of samples (default: the training run's, else 20)")
-    p.add_argument("--temperature", type=_positive_float, default=None, metavar="T",
+    p.add_argument("--temperature", type=positive_float, default=None, metavar="T",
                    help="sampling temperature > 0; lower is more conservative (default: the "
                         "training run's, else 0.5)")
-    p.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="sample only from the K most likely next characters (default: all)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed a fresh random stream (default: continue the checkpoint's saved "
@@ -128,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, metavar="TEXT",
                    help="start every sample with TEXT (its characters must be in the "
                         "vocabulary)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="OpenMP threads (default: $OMP_NUM_THREADS or all cores)")
     p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
     return p
@@ -144,29 +105,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.write(format_samples(samples))
         sys.stdout.flush()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except BrokenPipeError:
-        return _broken_pipe()
-    except (MicrogptError, ValueError, OverflowError, OSError, MemoryError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return broken_pipe()
+    except EXPECTED_ERRORS as err:
+        return error(one_line(err))
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    return _one_line_text(str(err)) or type(err).__name__
-
-
-def _broken_pipe() -> int:
-    """stdout was closed early (e.g. piped into ``head``): exit quietly."""
-    import os
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-    return 141
 
 
 if __name__ == "__main__":

@@ -23,15 +23,18 @@ import time
 import types
 from typing import Any, Dict, List, Optional, TextIO
 
-from . import data as data_mod
 from ._version import __version__
-from .api import (BACKENDS, RUN_FIELDS, GPT, TrainConfig, TrainingInterrupted, TrainResult,
-                  check_plot_target, config_from_checkpoint, make_model, sample_names,
-                  save_loss_plot, softmax_for, train)
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .errors import MicrogptError, NonFiniteLossError
-from .sample import (ArgumentParser, _broken_pipe, _nonneg_int, _one_line, _positive_float,
-                     _positive_int, format_samples, sample_checkpoint)
+from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
+                  interrupted, nonneg_int, one_line, positive_float, positive_int)
+from .config import BACKENDS, RUN_FIELDS, TrainConfig
+from .errors import NonFiniteLossError, TrainingInterrupted
+from .model import GPT, make_model
+from .plotting import check_plot_target, save_loss_plot
+from .resume import config_from_checkpoint
+from .sample import sample_checkpoint
+from .sampling import sample_names, softmax_for
+from .training import TrainResult, train
 
 __all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
            "make_model", "sample_names", "softmax_for", "train"]
@@ -44,9 +47,96 @@ RUN_OPTIONS = ("out", "save_every", "resume", "stop_after", "plot", "progress", 
 
 
 # ------------------------------------------------------------------ the CLI
+# CLI options are absent unless given (argparse.SUPPRESS): with --resume, what is
+# not given is taken from the checkpoint; the help shows the SPEC's defaults.
+_S = argparse.SUPPRESS
+
+
+def _add_data_model(g, d: TrainConfig) -> None:
+    g.add_argument("--data", default=_S, metavar="PATH",
+                   help="UTF-8 text file, one document per line (default: input.txt in the "
+                        "current directory if present, else the built-in names data set)")
+    g.add_argument("--n-layer", type=positive_int, default=_S, metavar="N",
+                   help=f"number of transformer layers (default: {d.n_layer})")
+    g.add_argument("--n-embd", type=positive_int, default=_S, metavar="N",
+                   help=f"embedding width (default: {d.n_embd})")
+    g.add_argument("--n-head", type=positive_int, default=_S, metavar="N",
+                   help=f"attention heads, must divide --n-embd (default: {d.n_head})")
+    g.add_argument("--block-size", type=positive_int, default=_S, metavar="N",
+                   help="maximum context length; longer documents are truncated "
+                        f"(default: {d.block_size})")
+    g.add_argument("--dtype", choices=("float64", "float32"), default=_S,
+                   help=f"floating-point precision of the model (default: {d.dtype})")
+    g.add_argument("--backend", choices=BACKENDS, default=_S,
+                   help="'c' (fast) or 'reference' (pure-Python oracle, float64, no "
+                        "checkpoints) (default: $MICROGPT_C_BACKEND or c)")
+
+
+def _add_training(g, d: TrainConfig) -> None:
+    g.add_argument("--steps", type=positive_int, default=_S, metavar="N",
+                   help=f"total training steps; the learning rate decays linearly to 0 over "
+                        f"them (default: {d.steps})")
+    g.add_argument("--batch-size", type=positive_int, default=_S, metavar="N",
+                   help=f"documents per step; 1 is exactly the original program "
+                        f"(default: {d.batch_size})")
+    g.add_argument("--lr", type=positive_float, default=_S,
+                   help=f"peak learning rate of Adam (default: {d.lr})")
+    g.add_argument("--seed", type=int, default=_S,
+                   help=f"seed of the random stream: shuffle, init, sampling (default: {d.seed})")
+    g.add_argument("--threads", type=positive_int, default=_S, metavar="N",
+                   help="OpenMP threads for the C kernels (default: $OMP_NUM_THREADS or all "
+                        "cores); results do not depend on it")
+
+
+def _add_checkpoints(g) -> None:
+    g.add_argument("--out", default=_S, metavar="DIR",
+                   help=f"save DIR/{CHECKPOINT_NAME} at the end, every --save-every steps and "
+                        "on Ctrl-C (atomically); DIR is created if needed")
+    g.add_argument("--save-every", type=positive_int, default=_S, metavar="K",
+                   help="also save a checkpoint every K steps (needs --out)")
+    g.add_argument("--resume", default=_S, metavar="PATH",
+                   help="continue the run saved in this checkpoint (or --out directory) "
+                        "exactly; the data must be the same")
+    g.add_argument("--stop-after", type=positive_int, default=_S, metavar="N",
+                   help="stop (save and sample) after step N; the learning-rate schedule still "
+                        "spans --steps, so --resume continues the same run")
+    g.add_argument("--sample-only", action="store_true", default=_S,
+                   help="do not train: sample from the --resume checkpoint (like "
+                        "python -m microgpt_c.sample; --seed then seeds a fresh sampling "
+                        "stream instead of continuing the checkpoint's)")
+
+
+def _add_sampling(g, d: TrainConfig) -> None:
+    g.add_argument("--num-samples", type=nonneg_int, default=_S, metavar="N",
+                   help=f"names to sample after training (default: {d.num_samples})")
+    g.add_argument("--temperature", type=positive_float, default=_S, metavar="T",
+                   help=f"sampling temperature > 0; lower is more conservative "
+                        f"(default: {d.temperature})")
+    g.add_argument("--top-k", type=positive_int, default=_S, metavar="K",
+                   help="sample only from the K most likely next characters (default: all)")
+    g.add_argument("--prefix", default=_S, metavar="TEXT",
+                   help="start every sample with TEXT (its characters must occur in the data)")
+
+
+def _add_output(g) -> None:
+    g.add_argument("--progress", choices=PROGRESS_MODES, default=_S,
+                   help="auto: a progress bar on a terminal, else 'plain'; bar: a tqdm bar "
+                        "(loss, steps/s, ETA) on stderr; plain: a line every --log-every "
+                        "steps; steps: the original program's per-step line, rewritten with "
+                        "\\r (default: auto)")
+    g.add_argument("--log-every", type=positive_int, default=_S, metavar="N",
+                   help="steps between lines of --progress plain (default: steps/10)")
+    g.add_argument("--quiet", "-q", action="store_true", default=_S,
+                   help="print only the sampled names (errors still go to stderr)")
+    g.add_argument("--plot", default=_S, metavar="FILE",
+                   help="save the loss curve (per-step loss and a moving average) to FILE, "
+                        "e.g. loss.png; needs matplotlib: pip install 'microgpt-c[plot]'")
+    g.add_argument("--metrics-out", default=_S, metavar="FILE",
+                   help='write one JSON object per step: {"step", "loss", "lr"}')
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(backend="c")
-    S = argparse.SUPPRESS  # options not given are absent: --resume takes them from the checkpoint
     p = ArgumentParser(
         prog="python -m microgpt_c.train",
         description="Train microgpt (a one-layer character GPT) on a list of documents, one "
@@ -55,79 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="With --resume, settings not given are taken from the checkpoint; giving a "
                "setting that defines the run (data, steps, model size, batch size, lr, seed, "
                "dtype) with a different value is an error.")
-    g = p.add_argument_group("data and model")
-    g.add_argument("--data", default=S, metavar="PATH",
-                   help="UTF-8 text file, one document per line (default: input.txt in the "
-                        "current directory if present, else the built-in names data set)")
-    g.add_argument("--n-layer", type=_positive_int, default=S, metavar="N",
-                   help=f"number of transformer layers (default: {d.n_layer})")
-    g.add_argument("--n-embd", type=_positive_int, default=S, metavar="N",
-                   help=f"embedding width (default: {d.n_embd})")
-    g.add_argument("--n-head", type=_positive_int, default=S, metavar="N",
-                   help=f"attention heads, must divide --n-embd (default: {d.n_head})")
-    g.add_argument("--block-size", type=_positive_int, default=S, metavar="N",
-                   help="maximum context length; longer documents are truncated "
-                        f"(default: {d.block_size})")
-    g.add_argument("--dtype", choices=("float64", "float32"), default=S,
-                   help=f"floating-point precision of the model (default: {d.dtype})")
-    g.add_argument("--backend", choices=BACKENDS, default=S,
-                   help="'c' (fast) or 'reference' (pure-Python oracle, float64, no "
-                        "checkpoints) (default: $MICROGPT_C_BACKEND or c)")
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=_positive_int, default=S, metavar="N",
-                   help=f"total training steps; the learning rate decays linearly to 0 over "
-                        f"them (default: {d.steps})")
-    g.add_argument("--batch-size", type=_positive_int, default=S, metavar="N",
-                   help=f"documents per step; 1 is exactly the original program "
-                        f"(default: {d.batch_size})")
-    g.add_argument("--lr", type=_positive_float, default=S,
-                   help=f"peak learning rate of Adam (default: {d.lr})")
-    g.add_argument("--seed", type=int, default=S,
-                   help=f"seed of the random stream: shuffle, init, sampling (default: {d.seed})")
-    g.add_argument("--threads", type=_positive_int, default=S, metavar="N",
-                   help="OpenMP threads for the C kernels (default: $OMP_NUM_THREADS or all "
-                        "cores); results do not depend on it")
-    g = p.add_argument_group("checkpoints")
-    g.add_argument("--out", default=S, metavar="DIR",
-                   help=f"save DIR/{CHECKPOINT_NAME} at the end, every --save-every steps and "
-                        "on Ctrl-C (atomically); DIR is created if needed")
-    g.add_argument("--save-every", type=_positive_int, default=S, metavar="K",
-                   help="also save a checkpoint every K steps (needs --out)")
-    g.add_argument("--resume", default=S, metavar="PATH",
-                   help="continue the run saved in this checkpoint (or --out directory) "
-                        "exactly; the data must be the same")
-    g.add_argument("--stop-after", type=_positive_int, default=S, metavar="N",
-                   help="stop (save and sample) after step N; the learning-rate schedule still "
-                        "spans --steps, so --resume continues the same run")
-    g.add_argument("--sample-only", action="store_true", default=S,
-                   help="do not train: sample from the --resume checkpoint (like "
-                        "python -m microgpt_c.sample; --seed then seeds a fresh sampling "
-                        "stream instead of continuing the checkpoint's)")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--num-samples", type=_nonneg_int, default=S, metavar="N",
-                   help=f"names to sample after training (default: {d.num_samples})")
-    g.add_argument("--temperature", type=_positive_float, default=S, metavar="T",
-                   help=f"sampling temperature > 0; lower is more conservative "
-                        f"(default: {d.temperature})")
-    g.add_argument("--top-k", type=_positive_int, default=S, metavar="K",
-                   help="sample only from the K most likely next characters (default: all)")
-    g.add_argument("--prefix", default=S, metavar="TEXT",
-                   help="start every sample with TEXT (its characters must occur in the data)")
-    g = p.add_argument_group("output")
-    g.add_argument("--progress", choices=PROGRESS_MODES, default=S,
-                   help="auto: a progress bar on a terminal, else 'plain'; bar: a tqdm bar "
-                        "(loss, steps/s, ETA) on stderr; plain: a line every --log-every "
-                        "steps; steps: the original program's per-step line, rewritten with "
-                        "\\r (default: auto)")
-    g.add_argument("--log-every", type=_positive_int, default=S, metavar="N",
-                   help="steps between lines of --progress plain (default: steps/10)")
-    g.add_argument("--quiet", "-q", action="store_true", default=S,
-                   help="print only the sampled names (errors still go to stderr)")
-    g.add_argument("--plot", default=S, metavar="FILE",
-                   help="save the loss curve (per-step loss and a moving average) to FILE, "
-                        "e.g. loss.png; needs matplotlib: pip install 'microgpt-c[plot]'")
-    g.add_argument("--metrics-out", default=S, metavar="FILE",
-                   help='write one JSON object per step: {"step", "loss", "lr"}')
+    _add_data_model(p.add_argument_group("data and model"), d)
+    _add_training(p.add_argument_group("training"), d)
+    _add_checkpoints(p.add_argument_group("checkpoints"))
+    _add_sampling(p.add_argument_group("sampling"), d)
+    _add_output(p.add_argument_group("output"))
     p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
     return p
 
@@ -226,14 +248,55 @@ def _resolve_progress(mode: str, err: TextIO) -> str:
 
 
 # ------------------------------------------------------------------ main
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+class _Messages:
+    """The run's ``log`` (header lines, stdout) and ``info`` (other
+    messages, stderr) callbacks; nothing with ``quiet``.  Messages for stderr
+    wait until the run has passed its checks (the first header line), so that
+    an error before that is the only line on stderr."""
+
+    def __init__(self, quiet: bool, out: TextIO, err: TextIO):
+        self.quiet, self.out, self.err = quiet, out, err
+        self.pending: List[str] = []
+        self.started = False
+
+    def log(self, line: str) -> None:
+        if self.quiet:
+            return
+        if not self.started:
+            self.started = True
+            for message in self.pending:
+                print(message, file=self.err, flush=True)
+            self.pending.clear()
+        print(line, file=self.out, flush=True)
+
+    def info(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.started:
+            print(line, file=self.err, flush=True)
+        else:
+            self.pending.append(line)
+
+
+class _Outputs:
+    """The progress display and the metrics file of a run, once opened."""
+
+    def __init__(self) -> None:
+        self.progress: Optional[Progress] = None
+        self.metrics: Optional[TextIO] = None
+
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet: bool) -> int:
     if "resume" not in opts:
-        return _error("--sample-only needs --resume PATH (a checkpoint to sample from)")
+        return error("--sample-only needs --resume PATH (a checkpoint to sample from)")
     ckpt = load_checkpoint(opts["resume"])
     samples = sample_checkpoint(ckpt, num_samples=given.get("num_samples"),
                                 temperature=given.get("temperature"), top_k=given.get("top_k"),
@@ -244,6 +307,46 @@ def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet
     out.write(format_samples(samples))
     out.flush()
     return 0
+
+
+def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Messages,
+                     outputs: _Outputs, root: bool) -> int:
+    """Check the settings, train with progress, print the samples; 0 on success."""
+    out, err, quiet = messages.out, messages.err, messages.quiet
+    ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
+    cfg = config_from_checkpoint(ckpt, **given) if ckpt is not None else TrainConfig(**given)
+    cfg.validate()
+    if "plot" in opts:
+        check_plot_target(opts["plot"])
+    if "save_every" in opts and "out" not in opts:
+        return error("--save-every needs --out DIR")
+    stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
+    mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
+    if cfg.metrics_out and root:
+        outputs.metrics = open(cfg.metrics_out, "w", encoding="utf-8")
+    progress = outputs.progress = Progress(mode, cfg.steps, stop, out, err,
+                                           opts.get("log_every"), outputs.metrics)
+    result = train(cfg, None, on_steps=progress, log=messages.log, resume=ckpt,
+                   out=opts.get("out"), save_every=opts.get("save_every"),
+                   stop_after=opts.get("stop_after"), info=messages.info)
+    progress.close(newline=False)  # the header below starts with one, as the original's
+    if result.checkpoint is not None:
+        messages.info(f"checkpoint: {result.checkpoint} (step {len(result.losses)} / "
+                      f"{cfg.steps})")
+    if "plot" in opts and root:
+        messages.info(f"loss plot: {save_loss_plot(result.losses, opts['plot'])}")
+    if not quiet:
+        out.write(f"\n{HEADER}\n")
+    out.write(format_samples(result.samples))
+    out.flush()
+    return 0
+
+
+def _non_finite_message(exc: NonFiniteLossError) -> str:
+    saved = getattr(exc, "checkpoint", None)
+    note = (f"; the last checkpoint, at step {getattr(exc, 'checkpoint_step', '?')}, is "
+            f"{saved} (left unchanged)" if saved is not None else "")
+    return one_line(exc) + note
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -259,93 +362,32 @@ def _main(argv: Optional[List[str]] = None) -> int:
     args = vars(build_parser().parse_args(argv))
     opts = {k: args.pop(k) for k in RUN_OPTIONS if k in args}
     given = args  # TrainConfig fields given on the command line
-    quiet = bool(opts.get("quiet", False))
-    out, err = sys.stdout, sys.stderr
-
-    # messages for stderr wait until the run has passed its checks (the first
-    # header line), so that an error before that is the only line on stderr
-    pending: List[str] = []
-    started = False
-
-    def log(line: str) -> None:
-        nonlocal started
-        if quiet:
-            return
-        if not started:
-            started = True
-            for message in pending:
-                print(message, file=err, flush=True)
-            pending.clear()
-        print(line, file=out, flush=True)
-
-    def info(line: str) -> None:
-        if quiet:
-            return
-        if started:
-            print(line, file=err, flush=True)
-        else:
-            pending.append(line)
-
-    progress: Optional[Progress] = None
-    metrics = None
+    messages = _Messages(bool(opts.get("quiet", False)), sys.stdout, sys.stderr)
+    outputs = _Outputs()
     try:
         if opts.get("sample_only"):
-            return _sample_only(opts, given, out, quiet)
-        ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
-        cfg = config_from_checkpoint(ckpt, **given) if ckpt is not None else TrainConfig(**given)
-        cfg.validate()
-        if "plot" in opts:
-            check_plot_target(opts["plot"])
-        if "save_every" in opts and "out" not in opts:
-            return _error("--save-every needs --out DIR")
-        stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
-        mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
-        if cfg.metrics_out and root:
-            metrics = open(cfg.metrics_out, "w", encoding="utf-8")
-        progress = Progress(mode, cfg.steps, stop, out, err, opts.get("log_every"), metrics)
-        result = train(cfg, None, on_steps=progress, log=log, resume=ckpt,
-                       out=opts.get("out"), save_every=opts.get("save_every"),
-                       stop_after=opts.get("stop_after"), info=info)
-        progress.close(newline=False)  # the header below starts with one, as the original's
-        if result.checkpoint is not None:
-            info(f"checkpoint: {result.checkpoint} (step {len(result.losses)} / {cfg.steps})")
-        if "plot" in opts and root:
-            info(f"loss plot: {save_loss_plot(result.losses, opts['plot'])}")
-        if not quiet:
-            out.write(f"\n{HEADER}\n")
-        out.write(format_samples(result.samples))
-        out.flush()
-        return 0
+            return _sample_only(opts, given, messages.out, messages.quiet)
+        return _train_and_print(opts, given, messages, outputs, root)
     except TrainingInterrupted as exc:
-        if progress is not None:
-            progress.close()
+        outputs.close_progress()
         where = (f"; checkpoint saved to {exc.checkpoint} (continue with --resume "
                  f"{exc.checkpoint})" if exc.checkpoint is not None
                  else " (no --out given: nothing saved)")
-        print(f"interrupted after step {exc.step}{where}", file=err)
+        print(f"interrupted after step {exc.step}{where}", file=messages.err)
         return 130
     except KeyboardInterrupt:
-        if progress is not None:
-            progress.close()
-        print("interrupted", file=err)
-        return 130
+        outputs.close_progress()
+        return interrupted()
     except NonFiniteLossError as exc:
-        if progress is not None:
-            progress.close()
-        saved = getattr(exc, "checkpoint", None)
-        note = (f"; the last checkpoint, at step {getattr(exc, 'checkpoint_step', '?')}, is "
-                f"{saved} (left unchanged)" if saved is not None else "")
-        return _error(_one_line(exc) + note)
+        outputs.close_progress()
+        return error(_non_finite_message(exc))
     except BrokenPipeError:
-        return _broken_pipe()
-    except (data_mod.DataError, MicrogptError, ValueError, OverflowError, OSError,
-            MemoryError) as exc:
-        if progress is not None:
-            progress.close()
-        return _error(_one_line(exc))
+        return broken_pipe()
+    except EXPECTED_ERRORS as exc:
+        outputs.close_progress()
+        return error(one_line(exc))
     finally:
-        if metrics is not None:
-            metrics.close()
+        outputs.close_metrics()
 
 
 class _CallableModule(types.ModuleType):

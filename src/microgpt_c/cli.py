@@ -1,0 +1,90 @@
+"""What the command lines ``python -m microgpt_c.train`` and
+``python -m microgpt_c.sample`` share: the argument parser that reports a bad
+option in one line, the argparse types of numbers, the output of samples, and
+how an error, Ctrl-C or a closed stdout ends the program."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, List
+
+from .errors import MicrogptError
+
+__all__ = ["ArgumentParser", "EXPECTED_ERRORS", "broken_pipe", "error", "format_samples",
+           "interrupted", "nonneg_int", "one_line", "positive_float", "positive_int"]
+
+#: Exceptions a command line reports as one ``error: ...`` line (exit 2):
+#: ours, bad values, and what the operating system refuses.
+EXPECTED_ERRORS = (MicrogptError, ValueError, OverflowError, OSError, MemoryError)
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonneg_int = _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (its class name if it has none)."""
+    return _one_line_text(str(err)) or type(err).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line ``error: ...`` on stderr (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {_one_line_text(message)} (see {self.prog} --help)\n")
+
+
+def format_samples(samples: List[str]) -> str:
+    """The ``sample  N: name`` lines."""
+    return "".join(f"sample {i + 1:2d}: {name}\n" for i, name in enumerate(samples))
+
+
+def error(message: str) -> int:
+    """Print ``error: message`` on stderr; return the exit status, 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def interrupted() -> int:
+    """Ctrl-C outside training: say so on stderr; return the exit status, 130."""
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+def broken_pipe() -> int:
+    """stdout was closed early (e.g. piped into ``head``): exit quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
