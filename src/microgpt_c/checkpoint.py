@@ -49,10 +49,11 @@ from ._version import __version__
 from .errors import MicrogptError
 from . import safeio
 
-__all__ = ["CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "METADATA_KEYS", "Checkpoint",
-           "CheckpointError", "CheckpointFormatWarning", "CheckpointMismatchError", "TrainState", "atomic_write_bytes",
-           "checkpoint_path", "load_checkpoint", "prepare_out_dir", "restore_into",
-           "save_checkpoint", "tensor_shapes"]
+__all__ = ["CHECKPOINT_NAME", "CHECKSUM_KEY", "FORMAT", "FORMAT_VERSION", "METADATA_KEYS",
+           "Checkpoint", "CheckpointError", "CheckpointFormatWarning", "CheckpointMismatchError",
+           "TrainState", "atomic_write_bytes", "checkpoint_path", "checksum", "load_checkpoint",
+           "model_layout", "prepare_out_dir", "restore_into", "save_checkpoint",
+           "tensor_shapes"]
 
 PathArg = Union[str, "os.PathLike[str]"]
 

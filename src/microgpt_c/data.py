@@ -109,15 +109,15 @@ def read_documents(path: PathArg) -> list[str]:
         raise DataError(str(exc)) from None
     try:
         raw = safeio.read_regular_file(path, what="data file", error=DataError, limit=limit,
-                                       env_var=safeio.MAX_DATA_ENV, hint=_HINT)
+                                       env_var=safeio.MAX_DATA_ENV, not_found=DataFileNotFound,
+                                       hint=_HINT)
+    except DataFileNotFound:
+        raise DataFileNotFound(
+            f"data file not found: {path}; check the path, or give no data file "
+            f"to use the built-in names data set"
+        ) from None
     except DataError as exc:
-        msg = str(exc)
-        if msg.startswith("data file not found: "):
-            raise DataFileNotFound(
-                f"data file not found: {path}; check the path, or give no data file "
-                f"to use the built-in names data set"
-            ) from None
-        if msg.startswith("cannot read the data file ") and ": permission denied" in msg:
+        if str(exc).startswith(f"cannot read the data file {path}: permission denied"):
             raise DataError(
                 f"permission denied reading {path}; make the file readable or copy it elsewhere"
             ) from None
@@ -359,10 +359,11 @@ def pack_corpus(tokenizer: Tokenizer, docs: Iterable[str]):
     ``corpus[doc_starts[d]:doc_starts[d + 1]]``), as ``GPT.train_steps`` takes.
 
     Vectorised, a chunk of documents at a time: the chunk is joined with
-    newlines, its code points mapped to ids through a lookup table, the
-    document boundaries found at the newlines (documents that contain a
-    newline themselves are measured one by one instead) and each boundary
-    becomes the two BOS tokens.  Raises DataError (as :meth:`Tokenizer.encode`)
+    newlines and the document lengths are found at the newlines (documents
+    that contain a newline themselves are measured one by one instead); then
+    the kept code points (1 byte per character for ASCII text) are mapped to ids
+    through a lookup table and written between the BOS tokens of the
+    preallocated corpus.  Raises DataError (as :meth:`Tokenizer.encode`)
     for a character not in the vocabulary."""
     import numpy as np  # a run-time dependency of the package
 
@@ -373,49 +374,58 @@ def pack_corpus(tokenizer: Tokenizer, docs: Iterable[str]):
     if bos > np.iinfo(np.int32).max:
         raise DataError("the vocabulary is too large for int32 token ids")
     table = _lookup_table(tokenizer.uchars)
-    segments, all_lens = [], []
+    # pass 1: the code points and the documents' lengths (from the newlines of each
+    # joined chunk)
+    chunks, all_lens = [], []
+    lo = 0
     for chunk, text in _joined_chunks(docs, "\n"):
         k = len(chunk)
         cps = _code_points(text)
-        del text
         nl = np.flatnonzero(cps == 10)
         if nl.size == k - 1:  # no document of the chunk contains a newline
             bounds = np.empty(k + 1, dtype=np.int64)
             bounds[0], bounds[-1] = -1, cps.size
             bounds[1:-1] = nl
             lens = np.diff(bounds) - 1
-        else:
+            by_newlines = True
+        else:  # some do (documents given through the API): measure them one by one
             lens = np.array(list(map(len, chunk)), dtype=np.int64)
             cps = _code_points("".join(chunk))
-            nl = None
+            by_newlines = False
+        # keep the code points (1 byte per character for ASCII), not the text
+        chunks.append([lo, lo + k, by_newlines, cps])
+        all_lens.append(lens)
+        lo += k
+        del cps, nl, text
+    lens = all_lens[0] if len(all_lens) == 1 else np.concatenate(all_lens)
+    del all_lens
+    starts = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum(lens + 2, out=starts[1:])
+    del lens
+    # pass 2: ids between the BOS tokens, written into the preallocated corpus
+    corpus = np.full(int(starts[-1]), bos, dtype=np.int32)
+    for entry in chunks:
+        lo, hi, by_newlines, cps = entry
+        entry[3] = None
         ids = table[cps] if cps.size else np.empty(0, dtype=np.int32)
+        nl = np.flatnonzero(cps == 10) if by_newlines else None
         del cps
         if nl is not None:
             ids[nl] = bos
         if ids.size and int(ids.min()) < 0:
-            for doc in chunk:
+            for doc in docs[lo:hi]:
                 tokenizer.encode(doc)  # raises DataError naming the unknown characters
-        n_tokens = int(lens.sum()) + 2 * k
-        seg = np.full(n_tokens, bos, dtype=np.int32)
-        mask = np.ones(n_tokens, dtype=bool)
+        seg_lo, seg_hi = int(starts[lo]), int(starts[hi])
+        mask = np.ones(seg_hi - seg_lo, dtype=bool)
         if nl is not None:
             # [BOS] + ids + [BOS], every newline (already BOS) followed by a second BOS
             mask[0] = mask[-1] = False
             mask[nl + 2 + np.arange(nl.size, dtype=np.int64)] = False
         else:
-            local = np.zeros(k + 1, dtype=np.int64)
-            np.cumsum(lens + 2, out=local[1:])
-            mask[local[:-1]] = False
-            mask[local[1:] - 1] = False
-        seg[mask] = ids
-        del ids, mask
-        segments.append(seg)
-        all_lens.append(lens)
-    corpus = segments[0] if len(segments) == 1 else np.concatenate(segments)
-    del segments
-    lens = all_lens[0] if len(all_lens) == 1 else np.concatenate(all_lens)
-    starts = np.zeros(len(docs) + 1, dtype=np.int64)
-    np.cumsum(lens + 2, out=starts[1:])
+            mask[starts[lo:hi] - seg_lo] = False
+            mask[starts[lo + 1:hi + 1] - 1 - seg_lo] = False
+        corpus[seg_lo:seg_hi][mask] = ids
+        del ids, mask, nl
     return corpus, starts
 
 
