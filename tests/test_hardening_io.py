@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import random
-import stat
 import struct
 import subprocess
 import sys
@@ -196,8 +195,7 @@ def test_file_growing_past_the_limit_while_read(tmp_path, monkeypatch):
 def test_same_file(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("x")
-    (tmp_path / "hard.txt").hardlink_to(a) if hasattr(Path, "hardlink_to") else os.link(
-        a, tmp_path / "hard.txt")
+    os.link(a, tmp_path / "hard.txt")
     (tmp_path / "sym.txt").symlink_to(a)
     (tmp_path / "sub").mkdir()
     (tmp_path / "dirlink").symlink_to(tmp_path / "sub")
@@ -420,7 +418,7 @@ def _check_fuzzed(fuzz_base, raw):
         os.unlink(name)
 
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
@@ -467,6 +465,7 @@ def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 @pytest.mark.parametrize("where", ["write", "fsync", "replace", "close"])
 def test_full_disk_on_save_is_one_clear_error(tmp_path, monkeypatch, where):
     res = train(small_cfg(), synthetic_docs(), out=tmp_path)
@@ -482,6 +481,8 @@ def test_full_disk_on_save_is_one_clear_error(tmp_path, monkeypatch, where):
                 fname = ""
             if not fname.startswith(str(tmp_path)):
                 return real(*args, **kwargs)
+            if where == "close":  # e.g. NFS reports the write error at close
+                real(*args, **kwargs)
         _enospc()
 
     monkeypatch.setattr(safeio.os, where, failing)
