@@ -70,6 +70,61 @@ static inline int mg_thread_num(void) { return 0; }
 static inline int mg_num_threads(void) { return 1; }
 #endif
 
+/* The floating-point environment of our work.  Each dtype sets its own on
+ * every thread that runs it, for the length of a call, and restores the
+ * caller's on return: float32 flushes subnormals to zero (FTZ and DAZ:
+ * subnormal arithmetic takes a slow microcode path on many cores, and the
+ * Adam moments of parameters whose gradient is zero decay into that range);
+ * float64 runs with both off and rounding to nearest, the IEEE default the
+ * reference's bits need, whatever the caller set.  mg_fp_state_t is the
+ * MXCSR (x86-64) or FPCR (aarch64); elsewhere nothing is changed. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+typedef unsigned int mg_fp_state_t;
+#define MG_FP_FLUSH 0x8040u        /* FTZ (bit 15) | DAZ (bit 6) */
+#define MG_FP_MODE_BITS 0xe040u    /* FTZ, rounding control (13-14), DAZ */
+static inline mg_fp_state_t mg_fp_get(void) { return _mm_getcsr(); }
+static inline void mg_fp_set(mg_fp_state_t s) { _mm_setcsr(s); }
+#elif defined(__aarch64__)
+typedef unsigned long mg_fp_state_t;
+#define MG_FP_FLUSH (1ul << 24)                 /* FZ */
+#define MG_FP_MODE_BITS ((1ul << 24) | (3ul << 22))   /* FZ, RMode */
+static inline mg_fp_state_t mg_fp_get(void) {
+    mg_fp_state_t s;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(s));
+    return s;
+}
+static inline void mg_fp_set(mg_fp_state_t s) { __asm__ volatile("msr fpcr, %0" : : "r"(s)); }
+#else
+typedef unsigned int mg_fp_state_t;
+#define MG_FP_FLUSH 0u
+#define MG_FP_MODE_BITS 0u
+static inline mg_fp_state_t mg_fp_get(void) { return 0; }
+static inline void mg_fp_set(mg_fp_state_t s) { (void)s; }
+#endif
+
+/* Enter a dtype's environment (flush: float32) on this thread; returns the
+ * state to restore with mg_fp_set. */
+static inline mg_fp_state_t mg_fp_enter(int flush) {
+    const mg_fp_state_t saved = mg_fp_get();
+    const mg_fp_state_t want = (saved & ~(mg_fp_state_t)MG_FP_MODE_BITS) |
+                               (flush ? (mg_fp_state_t)MG_FP_FLUSH : 0);
+    if (want != saved) mg_fp_set(want);
+    return saved;
+}
+
+/* A team thread takes the caller's environment; returns its own. */
+static inline mg_fp_state_t mg_fp_enter_state(mg_fp_state_t caller) {
+    const mg_fp_state_t own = mg_fp_get();
+    if (own != caller) mg_fp_set(caller);
+    return own;
+}
+
+/* An OpenMP parallel loop whose threads run in the calling thread's
+ * floating-point environment (and return to their own after it):
+ *   MG_PAR_FOR(schedule(static), for (...) body;) */
+#define MG_PAR_FOR(SCHED, ...)                                                      do {                                                                                const mg_fp_state_t mg_fp_caller_ = mg_fp_get();                                MG_PRAGMA(omp parallel num_threads(mg_team_size()))                             {                                                                                   const mg_fp_state_t mg_fp_own_ = mg_fp_get();                                   if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_caller_);                      MG_PRAGMA(omp for SCHED)                                                        __VA_ARGS__                                                                     if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_own_);                     }                                                                           } while (0)
+
 /* Named variants of the ops (each can be forced for tests and benchmarks;
  * the rule that picks one lives next to the op). */
 enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_NUM_OPS = 2 };

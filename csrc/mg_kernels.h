@@ -58,6 +58,14 @@ MG_DECLARE_KERNELS(float, f32)
  * Returns MG_ERR_ARG (microgpt.h) for an unknown op or variant. */
 int mg_force_variant(int op, int variant);
 
+/* The calling thread's floating-point control state (MXCSR / FPCR; 0 where
+ * unknown), setting it, and each OpenMP team thread's state seen from a
+ * plain parallel region (into out[0 .. n), returns the team size): for the
+ * tests that our calls leave every thread's environment as they found it. */
+unsigned long mg_fp_env(void);
+void mg_fp_env_set(unsigned long state);
+int mg_fp_team_envs(unsigned long *out, int n);
+
 /* pow(x, -1) and pow(x, -0.5) with libm's bits, as the float64 kernels
  * compute them (fast path + libm fallback), for the C tests. */
 double mg_recip_pow_f64(double x);

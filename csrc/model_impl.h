@@ -85,8 +85,8 @@ static void FN(build_wT_one)(mg_model *M, int job) {
 static void FN(build_wT)(mg_model *M) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
     if (MG_USE_THREADS(M->num_params * 4, jobs)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-        for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
+        MG_PAR_FOR(schedule(dynamic, 1),
+        for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j););
         return;
     }
     for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
@@ -155,8 +155,8 @@ static REAL *FN(blocks_forward)(mg_model *M, const mg_batch *B, REAL *x, size_t 
              * batch is large and no team is running (each writes only its
              * own rows) */
             if (MG_USE_THREADS((size_t)n * T * C, d1 - d0)) {
-                MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, B, &a, d, d + 1);
+                MG_PAR_FOR(schedule(dynamic, 1),
+                for (int d = d0; d < d1; d++) FN(attention_docs_forward)(M, B, &a, d, d + 1););
             } else {
                 FN(attention_docs_forward)(M, B, &a, d0, d1);
             }
@@ -311,8 +311,8 @@ static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, do
         FN(residual_backward)(da.attproj + rC, dxin + rC, da.res2 + rC, nC);
         FN(matmul_backward_dinp_all)(da.atty + rC, da.attproj + rC, w.wo, n, C, C);
         if (MG_USE_THREADS((size_t)n * M->cfg.block_size * C, d1 - d0)) {
-            MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, B, &da, &a, d, d + 1);
+            MG_PAR_FOR(schedule(dynamic, 1),
+            for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, B, &da, &a, d, d + 1););
         } else {
             FN(attention_docs_backward)(M, B, &da, &a, d0, d1);
         }
@@ -503,8 +503,8 @@ static int FN(doc_pieces)(const mg_batch *B, int *bounds) {
  * no backward); MG_NOT_FUSED with adam != NULL if the gradients could not be
  * guaranteed finite (then they were accumulated into grads, nothing updated:
  * the caller runs the checked adam_step). */
-static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args *adam,
-                         double *loss) {
+static int FN(run_batch_env)(mg_model *M, mg_batch *B, int what, const mg_adam_args *adam,
+                             double *loss) {
     int bounds[MG_MAX_PIECES + 1];
     const int N = B->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
     const int use_T = FN(matmul_forward_variant)(N, C) == MG_MM_WT;
@@ -548,8 +548,10 @@ static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args 
         mg_serial = was_serial;
 #endif
     } else {
+        const mg_fp_state_t fp_caller = mg_fp_get();
         MG_PRAGMA(omp parallel num_threads(mg_team_size()))
         {
+            const mg_fp_state_t fp_own = mg_fp_enter_state(fp_caller);
             if (build) {
                 MG_PRAGMA(omp for schedule(dynamic, 1))
                 for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
@@ -572,6 +574,7 @@ static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args 
             if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, me, nt);
             MG_PRAGMA(omp master)
             { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = MG_NOT_FUSED; }
+            mg_fp_set(fp_own);
         }
     }
     if (status == MG_OK && retranspose) M->wT_valid = 1;
@@ -587,7 +590,7 @@ static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args 
  * they were, the gradients are zeroed, MG_ERR_NONFINITE); settings that are
  * not finite or t < 1: MG_ERR_ARG (nothing changed); else the update and
  * the gradients zeroed. */
-static int FN(adam_step)(mg_model *M, const mg_adam_args *a) {
+static int FN(adam_step_env)(mg_model *M, const mg_adam_args *a) {
     M->wT_valid = 0;
     if (!FN(all_finite)((const REAL *)M->grads, M->num_params)) {
         FN(zero)((REAL *)M->grads, M->num_params);
@@ -606,7 +609,7 @@ static int FN(adam_step)(mg_model *M, const mg_adam_args *a) {
  * current: infer_prepare), the lanes over output channels are all busy for
  * a single token; the same sums either way.  Uses the model's batch buffers
  * for the token (invalidating a saved training forward). */
-static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int use_T) {
+static int FN(infer_logits_env)(mg_model *M, int token, int pos, double *logits, int use_T) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
     mg_batch *B = &M->batch;
@@ -626,7 +629,7 @@ static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int
 
 /* Build the transposed weights for a run of infer_logits(use_T) calls (the
  * parameters must not change in between). */
-static void FN(infer_prepare)(mg_model *M) { FN(build_wT)(M); }
+static void FN(infer_prepare_env)(mg_model *M) { FN(build_wT)(M); }
 
 /* mg_train_steps with one team for the whole call (a batched run with
  * enough work): the same steps as run_batch's region, but the threads stay
@@ -636,9 +639,9 @@ static void FN(infer_prepare)(mg_model *M) { FN(build_wT)(M); }
  * of two batches, so nobody waits for it.  Same values as the step-by-step
  * loop (train.c), which this mirrors: the first step of a call accumulates
  * the gradients and takes the checked Adam step, the others fuse. */
-static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_schedule *S,
-                                long step0, long n_steps, int batch, double *losses,
-                                double *lrs, long *steps_done) {
+static int FN(train_steps_team_env)(mg_model *M, const mg_train_data *D, const mg_schedule *S,
+                                    long step0, long n_steps, int batch, double *losses,
+                                    double *lrs, long *steps_done) {
     const int T = M->cfg.block_size, C = M->cfg.n_embd, L = M->cfg.n_layer;
     /* tokens per step, estimated from the corpus's mean document */
     const int64_t mean = (D->doc_starts[D->n_docs] - D->n_docs) / D->n_docs;
@@ -657,8 +660,10 @@ static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_sc
     mg_batch_assemble(bat[0], T, D, step0, batch, 0, batch);
     K[0] = FN(doc_pieces)(bat[0], bounds[0]);
     M->wT_valid = 0;
+    const mg_fp_state_t fp_caller = mg_fp_get();
     MG_PRAGMA(omp parallel num_threads(mg_team_size()))
     {
+        const mg_fp_state_t fp_own = mg_fp_enter_state(fp_caller);
         const int me = mg_thread_num(), nt = mg_num_threads();
         for (long i = 0; i < n_steps; i++) {
             mg_batch *B = bat[i & 1];
@@ -698,7 +703,7 @@ static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_sc
                 MG_PRAGMA(omp barrier)
                 MG_PRAGMA(omp master)
                 {
-                    const int rc = FN(adam_step)(M, &args);
+                    const int rc = FN(adam_step_env)(M, &args);
                     if (rc != MG_OK) status = rc;
                 }
             }
@@ -721,6 +726,7 @@ static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_sc
             MG_PRAGMA(omp barrier)
             if (status != MG_OK) break;
         }
+        mg_fp_set(fp_own);
     }
     /* the model's batch is the last step's (as after the step-by-step loop) */
     if (last == 1) mg_batch_copy(&M->batch, &spare);
@@ -729,6 +735,47 @@ static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_sc
     mg_batch_free(&spare);
     *steps_done = done;
     return status;
+}
+
+/* The table's functions: each runs its work in the dtype's floating-point
+ * environment (common.h; MG_RELAXED flushes subnormals) and restores the
+ * caller's on return; the parallel regions inside pass it to their threads. */
+static int FN(run_batch)(mg_model *M, mg_batch *B, int what, const mg_adam_args *adam,
+                         double *loss) {
+    const mg_fp_state_t fp = mg_fp_enter(MG_RELAXED);
+    const int rc = FN(run_batch_env)(M, B, what, adam, loss);
+    mg_fp_set(fp);
+    return rc;
+}
+
+static int FN(adam_step)(mg_model *M, const mg_adam_args *a) {
+    const mg_fp_state_t fp = mg_fp_enter(MG_RELAXED);
+    const int rc = FN(adam_step_env)(M, a);
+    mg_fp_set(fp);
+    return rc;
+}
+
+static int FN(train_steps_team)(mg_model *M, const mg_train_data *D, const mg_schedule *S,
+                                long step0, long n_steps, int batch, double *losses,
+                                double *lrs, long *steps_done) {
+    const mg_fp_state_t fp = mg_fp_enter(MG_RELAXED);
+    const int rc = FN(train_steps_team_env)(M, D, S, step0, n_steps, batch, losses, lrs,
+                                            steps_done);
+    mg_fp_set(fp);
+    return rc;
+}
+
+static int FN(infer_logits)(mg_model *M, int token, int pos, double *logits, int use_T) {
+    const mg_fp_state_t fp = mg_fp_enter(MG_RELAXED);
+    const int rc = FN(infer_logits_env)(M, token, pos, logits, use_T);
+    mg_fp_set(fp);
+    return rc;
+}
+
+static void FN(infer_prepare)(mg_model *M) {
+    const mg_fp_state_t fp = mg_fp_enter(MG_RELAXED);
+    FN(infer_prepare_env)(M);
+    mg_fp_set(fp);
 }
 
 const mg_dtype_ops FN(mg_ops) = {FN(run_batch), FN(adam_step), FN(train_steps_team),

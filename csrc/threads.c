@@ -67,3 +67,23 @@ const char *mg_simd_variant(void) {
     return "generic";
 #endif
 }
+
+unsigned long mg_fp_env(void) { return (unsigned long)mg_fp_get(); }
+
+void mg_fp_env_set(unsigned long state) { mg_fp_set((mg_fp_state_t)state); }
+
+int mg_fp_team_envs(unsigned long *out, int n) {
+    int size = 1;
+#ifdef _OPENMP
+    MG_PRAGMA(omp parallel num_threads(mg_team_size()))
+    {
+        const int me = omp_get_thread_num();
+        if (me < n) out[me] = (unsigned long)mg_fp_get();
+        MG_PRAGMA(omp master)
+        size = omp_get_num_threads();
+    }
+#else
+    if (n > 0) out[0] = (unsigned long)mg_fp_get();
+#endif
+    return size;
+}

@@ -109,10 +109,10 @@ def main(argv=None) -> int:
         trainer = distributed.DataParallelModel(model, sess, shards=args.shards,
                                                 reduction=args.reduction)
     if fault_kind in ("raise", "nonfinite", "kill") and mine:
-        inner = model.forward_backward_batch
+        inner = model.step_share
         calls = {"n": step}
 
-        def faulty(seqs, total_docs=None):
+        def faulty(*args):
             calls["n"] += 1
             if calls["n"] == fault_step:
                 if fault_kind == "kill":
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
                 if fault_kind == "raise":
                     raise RuntimeError(f"injected failure at step {fault_step}")
                 raise NonFiniteLossError("forward: injected non-finite loss")
-            return inner(seqs, total_docs)
-        model.forward_backward_batch = faulty
+            return inner(*args)
+        model.step_share = faulty
 
     state = TrainState(step=step, num_steps=args.steps, lr=args.lr, beta1=0.85, beta2=0.99,
                        eps=1e-8, batch_size=args.batch_size, seed=args.seed,

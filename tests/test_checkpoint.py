@@ -75,7 +75,7 @@ def test_file_layout_is_plain_safetensors(tmp_path):
     assert keys == set(names) | {f"adam.{m}.{n}" for m in "mv" for n in names} | {"train.losses"}
     assert wte.shape == (res.tokenizer.vocab_size, 8) and wte.dtype == np.float64
     assert set(ck.METADATA_KEYS) <= set(meta)
-    assert meta["format"] == ck.FORMAT and meta["format_version"] == "1"
+    assert meta["format"] == ck.FORMAT and meta["format_version"] == str(ck.FORMAT_VERSION) == "2"
     assert meta["microgpt_c_version"] == microgpt_c.__version__
     assert json.loads(meta["config"]) == res.model.config
     assert meta["dtype"] == "float64" and meta["uchars"] == "abcdefghij"
@@ -204,7 +204,7 @@ def _rewrite(good_file, path, mutate_meta=None, mutate_tensors=None, fix_checksu
     if mutate_tensors:
         mutate_tensors(tensors)
     if fix_checksum:
-        meta["tensors_sha256"] = ck._tensors_digest(tensors)
+        meta[ck.CHECKSUM_KEY] = ck.checksum(meta, tensors)
     _write_safetensors(path, tensors, meta)
     return path
 

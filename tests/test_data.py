@@ -179,10 +179,16 @@ def test_invalid_utf8_is_rejected_with_byte_offset(tmp_path, raw, offset):
 def test_permission_denied_is_a_data_error(tmp_path, monkeypatch):
     path = write(tmp_path / "d.txt", b"emma\n")
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    from microgpt_c import safeio
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    real_open = os.open
+
+    def denied(p, *args, **kwargs):  # data files are opened with os.open (safeio)
+        if os.fspath(p) == str(path):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(safeio.os, "open", denied)
     with pytest.raises(DataError, match="permission denied") as excinfo:
         read_documents(path)
     assert str(path) in one_line_error(excinfo)

@@ -73,12 +73,12 @@ static void FN(adam_run)(REAL *params, REAL *m, REAL *v, const REAL *grads, REAL
     enum { CHUNK = 4096 };
     const size_t chunks = (n + CHUNK - 1) / CHUNK;
     if (MG_USE_THREADS(n * 16, chunks)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (size_t c = 0; c < chunks; c++) {
             const size_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
             FN(adam_impl)(params + i0, m + i0, v + i0, grads + i0, clear ? clear + i0 : NULL,
                           len, A);
-        }
+        });
         return;
     }
     FN(adam_impl)(params, m, v, grads, clear, n, A);

@@ -514,8 +514,8 @@ void FN(attention_forward)(REAL *out,         /* (N, C) */
         break;
     }
     if (MG_USE_THREADS((size_t)N * (p0 + N) * C, N)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(dynamic, 1))
-        for (int i = 0; i < N; i++) FN(attention_forward_rows)(out, att, q, k, v, i, i + 1, p0, C, NH, T);
+        MG_PAR_FOR(schedule(dynamic, 1),
+        for (int i = 0; i < N; i++) FN(attention_forward_rows)(out, att, q, k, v, i, i + 1, p0, C, NH, T););
         return;
     }
     FN(attention_forward_rows)(out, att, q, k, v, 0, N, p0, C, NH, T);
@@ -547,9 +547,9 @@ void FN(attention_backward)(REAL *dq,          /* (N, C) */
     }
     /* one head per thread: the head's slices of dq, dk, dv are its own */
     if (MG_USE_THREADS((size_t)N * N * C, NH)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int h = 0; h < NH; h++)
-            FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, h, h + 1, N, C, NH, T);
+            FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, h, h + 1, N, C, NH, T););
         return;
     }
     FN(attention_backward_heads)(dq, dk, dv, datt, dout, att, q, k, v, 0, NH, N, C, NH, T);

@@ -83,9 +83,9 @@ void FN(crossentropy_softmax_forward)(REAL *losses,          /* (N) */
                                       int N, int V) {
     if (MG_USE_THREADS((size_t)N * V * 16, N / 16)) {
         const int chunks = (N + 15) / 16;
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
-            MG_CE_ROWS(losses, probs, logits, targets, 16 * c, 16 * c + 16 < N ? 16 * c + 16 : N, V);
+            MG_CE_ROWS(losses, probs, logits, targets, 16 * c, 16 * c + 16 < N ? 16 * c + 16 : N, V););
         return;
     }
     MG_CE_ROWS(losses, probs, logits, targets, 0, N, V);

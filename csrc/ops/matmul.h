@@ -106,8 +106,8 @@ void FN(matmul_forward)(REAL *out,            /* (N, OC) */
                         int N, int C, int OC) {
     const int nblocks = (N + MG_LANES - 1) / MG_LANES;
     if (MG_USE_THREADS((size_t)N * C * OC, nblocks)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
-        for (int b = 0; b < nblocks; b++) FN(matmul_forward_range)(out, inp, weight, N, C, OC, b, b + 1);
+        MG_PAR_FOR(schedule(static),
+        for (int b = 0; b < nblocks; b++) FN(matmul_forward_range)(out, inp, weight, N, C, OC, b, b + 1););
         return;
     }
     FN(matmul_forward_range)(out, inp, weight, N, C, OC, 0, nblocks);
@@ -203,9 +203,9 @@ static void FN(matmul_forward_T)(REAL *out, const REAL *inp, const REAL *wT,
                                  int N, int C, int OC, int OCp) {
     const int chunks = (N + 7) / 8;
     if (MG_USE_THREADS((size_t)N * C * OC, chunks)) {
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
-            FN(matmul_forward_T_rows)(out, inp, wT, C, OC, OCp, 8 * c, 8 * c + 8 < N ? 8 * c + 8 : N);
+            FN(matmul_forward_T_rows)(out, inp, wT, C, OC, OCp, 8 * c, 8 * c + 8 < N ? 8 * c + 8 : N););
         return;
     }
     FN(matmul_forward_T_rows)(out, inp, wT, C, OC, OCp, 0, N);
@@ -371,9 +371,9 @@ static void FN(matmul_backward_dinp_all)(REAL *dinp, const REAL *dout, const REA
     /* each row n belongs to one thread */
     if (MG_USE_THREADS(work, N / 4)) {
         const int chunks = (N + 3) / 4;
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
-            FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 4 * c, 4 * c + 4 < N ? 4 * c + 4 : N);
+            FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 4 * c, 4 * c + 4 < N ? 4 * c + 4 : N););
     } else {
         FN(matmul_backward_dinp)(dinp, dout, weight, C, OC, 0, N);
     }
@@ -387,10 +387,10 @@ static void FN(matmul_backward_dweight_all)(REAL *dweight, const REAL *dout, con
     /* each row oc belongs to one thread, summed over n in order */
     if (MG_USE_THREADS(work, OC / 4)) {
         const int chunks = (OC + 3) / 4;
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
             FN(matmul_backward_dweight)(dweight, dout, inp, N, C, OC, 4 * c,
-                                        4 * c + 4 < OC ? 4 * c + 4 : OC, weight, A);
+                                        4 * c + 4 < OC ? 4 * c + 4 : OC, weight, A););
     } else {
         FN(matmul_backward_dweight)(dweight, dout, inp, N, C, OC, 0, OC, weight, A);
     }

@@ -90,10 +90,10 @@ void FN(rmsnorm_forward)(REAL *out,           /* (N, C) */
     /* rows are independent: 32-row chunks across threads when large */
     if (MG_USE_THREADS((size_t)N * C * 8, N / 32)) {
         const int chunks = (N + 31) / 32;
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
             MG_RMSNORM_POLICY(rmsnorm_forward_rows)(out, scale, inp, 32 * c,
-                                                    32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c);
+                                                    32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c););
         return;
     }
     MG_RMSNORM_POLICY(rmsnorm_forward_rows)(out, scale, inp, 0, N, C, inv_c);
@@ -107,10 +107,10 @@ void FN(rmsnorm_backward)(REAL *dinp,          /* (N, C) accumulated */
     const REAL inv_c = FN(recip_int)(C);
     if (MG_USE_THREADS((size_t)N * C * 8, N / 32)) {
         const int chunks = (N + 31) / 32;
-        MG_PRAGMA(omp parallel for num_threads(mg_team_size()) schedule(static))
+        MG_PAR_FOR(schedule(static),
         for (int c = 0; c < chunks; c++)
             MG_RMSNORM_POLICY(rmsnorm_backward_rows)(dinp, dout, inp, scale, 32 * c,
-                                                     32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c);
+                                                     32 * c + 32 < N ? 32 * c + 32 : N, C, inv_c););
         return;
     }
     MG_RMSNORM_POLICY(rmsnorm_backward_rows)(dinp, dout, inp, scale, 0, N, C, inv_c);

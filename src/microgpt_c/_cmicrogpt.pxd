@@ -81,6 +81,9 @@ cdef extern from "microgpt.h" nogil:
 cdef extern from "mg_kernels.h" nogil:
     int mg_force_variant(int op, int variant)
     int attention_variant_f64(int N, int p0, int C, int NH)
+    unsigned long mg_fp_env()
+    void mg_fp_env_set(unsigned long state)
+    int mg_fp_team_envs(unsigned long *out, int n)
 
     # kernels (float64 and float32 instantiations)
     void encoder_forward_f64(double *out, const int32_t *inp, const int32_t *pos, const double *wte, const double *wpe, int N, int C)

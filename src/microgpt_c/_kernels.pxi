@@ -21,6 +21,24 @@ def force_variant(str op, str variant):
     check(mg_force_variant(VARIANTS[op][0], VARIANTS[op][1][variant]), "force_variant")
 
 
+def fp_env():
+    """The calling thread's floating-point control word (MXCSR on x86-64,
+    FPCR on aarch64; 0 elsewhere), for tests."""
+    return mg_fp_env()
+
+
+def set_fp_env(unsigned long state):
+    """Set the calling thread's floating-point control word (tests only)."""
+    mg_fp_env_set(state)
+
+
+def team_fp_envs():
+    """Each OpenMP team thread's floating-point control word (tests only)."""
+    cdef unsigned long out[256]
+    cdef int n = mg_fp_team_envs(out, 256)
+    return [out[i] for i in range(min(n, 256))]
+
+
 def attention_variant(int N, int p0, int C, int NH):
     """The attention variant that runs for N queries at positions p0.. of
     width C with NH heads (float64 lanes; the rule of csrc/ops/attention.h)."""

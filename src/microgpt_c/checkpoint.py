@@ -17,10 +17,17 @@ Layout of a checkpoint file (``checkpoint.safetensors``):
 * string metadata (safetensors ``__metadata__``), see :data:`METADATA_KEYS`.
 
 Files are written atomically (a temporary file in the same directory, flushed
-and fsync-ed, then renamed over the target), so an interrupted write never
-replaces a good checkpoint with a partial one.  Loading validates everything
-(format marker, version, config, tensor names, shapes, dtypes and a SHA-256 of
-the tensor data) and raises :class:`CheckpointError` with a one-line message.
+and fsync-ed, then renamed over the target, see :mod:`microgpt_c.safeio`), so an
+interrupted write never replaces a good checkpoint with a partial one; a failed
+write (a full disk, ...) is one :class:`CheckpointError` naming the file.
+Loading reads regular files only, at most ``MICROGPT_C_MAX_CHECKPOINT_BYTES``
+(default 16 GiB), and validates everything (format marker, version, one SHA-256
+over the metadata and the tensors, config, tensor names, shapes, dtypes); every
+failure is a :class:`CheckpointError` with a one-line message naming the file.
+
+Format versions: 2 (current) has ``sha256`` over the metadata and the tensors;
+1 had ``tensors_sha256`` over the tensors only (its metadata was not
+protected): it still loads, with a :class:`CheckpointFormatWarning`.
 """
 from __future__ import annotations
 
@@ -32,24 +39,30 @@ import os
 import random
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from ._version import __version__
+from . import safeio
 from .errors import CheckpointError, CheckpointMismatchError  # re-exported here
 
-__all__ = ["CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "METADATA_KEYS", "Checkpoint",
-           "CheckpointError", "CheckpointMismatchError", "TrainState", "atomic_write_bytes",
-           "checkpoint_path", "load_checkpoint", "prepare_out_dir", "restore_into",
-           "save_checkpoint", "tensor_shapes"]
+__all__ = ["CHECKPOINT_NAME", "CHECKSUM_KEY", "FORMAT", "FORMAT_VERSION", "METADATA_KEYS",
+           "Checkpoint", "CheckpointError", "CheckpointFormatWarning", "CheckpointMismatchError",
+           "TrainState", "atomic_write_bytes", "checkpoint_path", "checksum", "load_checkpoint",
+           "model_layout", "prepare_out_dir", "restore_into", "save_checkpoint",
+           "tensor_shapes"]
 
 PathArg = Union[str, "os.PathLike[str]"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "microgpt_c.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: older versions that still load (with a CheckpointFormatWarning)
+OLD_FORMAT_VERSIONS = (1,)
+CHECKSUM_KEY = "sha256"
 LAYER_TENSORS = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
 CONFIG_KEYS = ("vocab_size", "n_layer", "n_embd", "n_head", "block_size")
 DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
@@ -62,7 +75,9 @@ METADATA_KEYS = {
     "config": "JSON object: vocab_size, n_layer, n_embd, n_head, block_size",
     "dtype": "'float64' or 'float32'",
     "uchars": "the vocabulary: the sorted distinct characters (BOS is id len(uchars))",
-    "tensors_sha256": "SHA-256 over the tensors (name, dtype, shape, bytes), for corruption checks",
+    CHECKSUM_KEY: "SHA-256 over every other metadata entry and the tensors (name, dtype, shape, "
+                  "bytes), for corruption checks (format version 1 had 'tensors_sha256', over "
+                  "the tensors only)",
     # training state (present when saved by training)
     "step": "completed training steps",
     "num_steps": "total steps of the run (the learning-rate schedule's length)",
@@ -78,6 +93,10 @@ METADATA_KEYS = {
 }
 TRAIN_KEYS = ("step", "num_steps", "lr", "beta1", "beta2", "eps", "batch_size", "seed",
               "data_sha256", "num_docs", "rng_state")
+
+
+class CheckpointFormatWarning(UserWarning):
+    """A checkpoint of an older format version was loaded (it still works)."""
 
 
 @dataclasses.dataclass
@@ -140,49 +159,14 @@ def checkpoint_path(path: PathArg) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() else p
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: PathArg, raw: bytes) -> Path:
-    """Write ``raw`` to ``path`` atomically: a temporary file in the same
-    directory is written, flushed and fsync-ed, then renamed over ``path``
-    (and the directory fsync-ed).  On any failure, including
+    """Write ``raw`` to ``path`` atomically (see :func:`safeio.atomic_write_bytes`):
+    a temporary file in the same directory is written, fsync-ed, then renamed
+    over ``path`` (and the directory fsync-ed).  On any failure, including
     KeyboardInterrupt, the temporary file is removed and ``path`` is
-    untouched."""
-    path = Path(os.fspath(path))
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the usual 0666 & ~umask
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(raw)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    untouched; I/O errors propagate as OSError."""
+    return safeio.atomic_write_bytes(path, raw)
+
 
 
 def prepare_out_dir(out: PathArg) -> Path:
@@ -203,23 +187,61 @@ def prepare_out_dir(out: PathArg) -> Path:
 
 
 def _tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """Format version 1's checksum: the tensors only."""
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
+    _hash_tensors(h, tensors)
     return h.hexdigest()
 
 
-def _flat_slices(model) -> Dict[str, Tuple[int, Tuple[int, int]]]:
-    """Offset (in elements) of every parameter tensor in the flat buffers."""
-    flat = model.flat_params
-    base = flat.__array_interface__["data"][0]
-    out = {}
-    for name, arr in model.params.items():
-        off = (arr.__array_interface__["data"][0] - base) // flat.itemsize
-        out[name] = (int(off), tuple(arr.shape))
+def _hash_tensors(h: Any, tensors: Mapping[str, np.ndarray]) -> None:
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+
+
+def checksum(meta: Mapping[str, str], tensors: Mapping[str, np.ndarray]) -> str:
+    """The ``sha256`` of format version 2: SHA-256 over every metadata entry
+    except ``sha256`` itself (as canonical JSON: sorted keys, ASCII) and then
+    the tensors (sorted by name: name, dtype, shape, bytes)."""
+    h = hashlib.sha256(b"microgpt_c.checkpoint/2\n")
+    body = {k: v for k, v in meta.items() if k != CHECKSUM_KEY}
+    h.update(json.dumps(body, sort_keys=True, ensure_ascii=True).encode("ascii"))
+    h.update(b"\n")
+    _hash_tensors(h, tensors)
+    return h.hexdigest()
+
+
+def model_layout(model) -> Dict[str, Tuple[int, Tuple[int, int]]]:
+    """Offset (in elements) and shape of every parameter tensor in the model's
+    flat buffers, from the C core's layout (``tensor_names`` order, the SPEC's
+    shapes), not from the user-visible (mutable) ``model.params`` dict."""
+    from ._core import tensor_names
+
+    config = {k: int(getattr(model, k)) for k in CONFIG_KEYS}
+    shapes = tensor_shapes(config)
+    out: Dict[str, Tuple[int, Tuple[int, int]]] = {}
+    off = 0
+    for name in tensor_names(config["n_layer"]):
+        shape = shapes[name]
+        out[name] = (off, shape)
+        off += shape[0] * shape[1]
+    n = int(model.num_params)
+    if off != n or model.flat_params.shape != (n,):
+        raise CheckpointError(f"internal error: the model's parameter layout ({n} values) does "
+                              f"not match its configuration ({off} values)")
     return out
+
+
+_flat_slices = model_layout  # the former name
+
+
+def _flat(model, attr: str) -> np.ndarray:
+    arr = getattr(model, attr)
+    if not isinstance(arr, np.ndarray) or arr.shape != (int(model.num_params),):
+        raise CheckpointError(f"internal error: model.{attr} is not the model's flat buffer")
+    return arr
+
 
 
 def _rng_state_to_json(state: Tuple[Any, ...]) -> str:
@@ -233,6 +255,8 @@ def _rng_state_from_json(text: str) -> Tuple[Any, ...]:
             or not all(isinstance(x, int) for x in value[1])
             or not (value[2] is None or isinstance(value[2], float))):
         raise ValueError("malformed random state")
+    if len(value[1]) != 625:
+        raise ValueError("malformed random state")
     state = (value[0], tuple(value[1]), value[2])
     random.Random().setstate(state)  # validates
     return state
@@ -244,7 +268,13 @@ def save_checkpoint(path: PathArg, model, *, uchars: Optional[str] = None,
     """Write ``model`` (a :class:`microgpt_c.GPT`), its Adam moments, the
     vocabulary ``uchars`` and the training state ``train`` to ``path``
     (atomically).  ``path`` may be a directory: the file is then
-    ``path/checkpoint.safetensors``.  Returns the file's path."""
+    ``path/checkpoint.safetensors``.  Returns the file's path.
+
+    The tensors are taken from the model's flat buffers in the C core's
+    layout (``model.params`` is not consulted, so a modified dict cannot make
+    an unloadable file).  A failed write (full disk, permissions, ...) raises
+    one :class:`CheckpointError` naming the file; the previous checkpoint is
+    left intact."""
     import safetensors.numpy
 
     path = checkpoint_path(path)
@@ -252,14 +282,15 @@ def save_checkpoint(path: PathArg, model, *, uchars: Optional[str] = None,
         raise CheckpointError("only the C backend's GPT can be saved (the reference backend "
                               "keeps no Adam state in arrays)")
     config = {k: int(getattr(model, k)) for k in CONFIG_KEYS}
+    if model.dtype not in DTYPES:
+        raise CheckpointError(f"cannot save a model of dtype {model.dtype!r}")
     dtype: Any = DTYPES[model.dtype]
+    flat_p, flat_m, flat_v = (_flat(model, a) for a in ("flat_params", "adam_m", "adam_v"))
     tensors: Dict[str, np.ndarray] = {}
-    slices = _flat_slices(model)
-    for name, (off, shape) in slices.items():
+    for name, (off, shape) in model_layout(model).items():
         size = shape[0] * shape[1]
-        tensors[name] = np.array(model.params[name], dtype=dtype, copy=True)
-        tensors[f"adam.m.{name}"] = np.array(model.adam_m[off:off + size], dtype=dtype).reshape(shape)
-        tensors[f"adam.v.{name}"] = np.array(model.adam_v[off:off + size], dtype=dtype).reshape(shape)
+        for key, flat in ((name, flat_p), (f"adam.m.{name}", flat_m), (f"adam.v.{name}", flat_v)):
+            tensors[key] = np.array(flat[off:off + size], dtype=dtype, copy=True).reshape(shape)
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -280,12 +311,22 @@ def save_checkpoint(path: PathArg, model, *, uchars: Optional[str] = None,
             "rng_state": _rng_state_to_json(train.rng_state),
             "train_config": json.dumps(train.train_config, sort_keys=True),
         })
-    meta["tensors_sha256"] = _tensors_digest(tensors)
+    meta[CHECKSUM_KEY] = checksum(meta, tensors)
     raw = safetensors.numpy.save(tensors, metadata=meta)
-    return atomic_write_bytes(path, raw)
+    try:
+        return safeio.atomic_write_bytes(path, raw)
+    except OSError as exc:
+        raise CheckpointError(safeio.describe_oserror(exc, path, "write the checkpoint")
+                              + " (the previous checkpoint, if any, is unchanged)") from None
+
 
 
 # --------------------------------------------------------------------------- load
+#: what a crafted or corrupted field can raise while it is parsed: all become CheckpointError
+_PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError, KeyError,
+                 IndexError, AttributeError, struct.error)
+
+
 def _read_header(raw: bytes, where: str) -> Dict[str, Any]:
     bad = (f"{where} is not a valid checkpoint: not a safetensors file, or truncated or "
            "corrupted")
@@ -298,17 +339,33 @@ def _read_header(raw: bytes, where: str) -> Dict[str, Any]:
         raise CheckpointError(bad)
     try:
         header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except RecursionError:
+        raise CheckpointError(f"{where} is not a valid checkpoint: its header is JSON nested "
+                              "too deeply") from None
+    except _PARSE_ERRORS:
         raise CheckpointError(bad) from None
     if not isinstance(header, dict):
         raise CheckpointError(bad)
     return header
 
 
+def _json_field(meta: Mapping[str, str], key: str, where: str, default: Optional[str] = None):
+    text = meta.get(key, default)
+    if text is None:
+        raise CheckpointError(f"{where}: metadata {key!r} is missing")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{where}: metadata {key!r} is malformed (JSON nested too "
+                              "deeply)") from None
+    except _PARSE_ERRORS:
+        raise CheckpointError(f"{where}: metadata {key!r} is malformed (not valid JSON)") from None
+
+
 def _meta_int(meta: Mapping[str, str], key: str, where: str, minimum: int = 0) -> int:
     try:
         value = int(meta[key])
-    except (KeyError, ValueError):
+    except _PARSE_ERRORS:
         raise CheckpointError(f"{where}: metadata {key!r} is missing or not an integer") from None
     if value < minimum:
         raise CheckpointError(f"{where}: metadata {key!r} = {value} must be >= {minimum}")
@@ -318,7 +375,7 @@ def _meta_int(meta: Mapping[str, str], key: str, where: str, minimum: int = 0) -
 def _meta_float(meta: Mapping[str, str], key: str, where: str) -> float:
     try:
         value = float(meta[key])
-    except (KeyError, ValueError):
+    except _PARSE_ERRORS:
         raise CheckpointError(f"{where}: metadata {key!r} is missing or not a number") from None
     if not math.isfinite(value):
         raise CheckpointError(f"{where}: metadata {key!r} = {value} is not finite")
@@ -328,20 +385,35 @@ def _meta_float(meta: Mapping[str, str], key: str, where: str) -> float:
 def load_checkpoint(path: PathArg) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
     ``path`` may be a directory containing ``checkpoint.safetensors``.
-    Raises :class:`CheckpointError` (one-line message) for a missing,
-    unreadable, empty, truncated, corrupted or foreign file."""
-    import safetensors.numpy
 
+    Only a regular file is read (a FIFO, a device, ... is refused before it
+    is opened), of at most ``$MICROGPT_C_MAX_CHECKPOINT_BYTES`` bytes (default
+    16 GiB).  Raises :class:`CheckpointError` (one-line message naming the
+    file) for a missing, unreadable, special, too large, empty, truncated,
+    corrupted, crafted or foreign file; never another exception for the
+    file's contents.  A file of format version 1 (its metadata not covered by
+    the checksum) loads with a :class:`CheckpointFormatWarning`."""
     path = checkpoint_path(path)
     where = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {where}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{where} is a directory, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {where}: {exc.strerror or exc}") from None
+        limit = safeio.max_bytes(safeio.MAX_CHECKPOINT_ENV, safeio.DEFAULT_MAX_CHECKPOINT_BYTES)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    raw = safeio.read_regular_file(path, what="checkpoint", error=CheckpointError, limit=limit,
+                                   env_var=safeio.MAX_CHECKPOINT_ENV,
+                                   hint="give a checkpoint.safetensors file or its directory")
+    try:
+        return _parse_checkpoint(raw, path, where)
+    except CheckpointError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise CheckpointError(f"{where} is not a valid checkpoint: a field cannot be parsed "
+                              f"({type(exc).__name__})") from None
+
+
+def _parse_checkpoint(raw: bytes, path: Path, where: str) -> Checkpoint:
+    import safetensors.numpy
+
     header = _read_header(raw, where)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -355,25 +427,37 @@ def load_checkpoint(path: PathArg) -> Checkpoint:
         raise CheckpointError(
             f"{where} has checkpoint format version {version}, but this microgpt_c "
             f"({__version__}) reads versions up to {FORMAT_VERSION}; upgrade microgpt_c")
+    if version != FORMAT_VERSION and version not in OLD_FORMAT_VERSIONS:
+        raise CheckpointError(f"{where} has checkpoint format version {version}, which this "
+                              f"microgpt_c ({__version__}) cannot read")
     try:
         tensors = safetensors.numpy.load(raw)
     except Exception as exc:  # safetensors raises its own error types
-        text = " ".join(str(exc).split())
+        text = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"{where} is truncated or corrupted ({text})") from None
-    if meta.get("tensors_sha256") != _tensors_digest(tensors):
-        raise CheckpointError(f"{where} is corrupted: its tensor data does not match the "
-                              "checksum stored in it")
+    if version >= 2:
+        if meta.get(CHECKSUM_KEY) != checksum(meta, tensors):
+            raise CheckpointError(f"{where} is corrupted: its metadata or tensor data does not "
+                                  "match the checksum stored in it")
+    else:
+        if meta.get("tensors_sha256") != _tensors_digest(tensors):
+            raise CheckpointError(f"{where} is corrupted: its tensor data does not match the "
+                                  "checksum stored in it")
+        warnings.warn(f"{where} has checkpoint format version {version}, whose metadata is not "
+                      "covered by its checksum; save it again to upgrade it",
+                      CheckpointFormatWarning, stacklevel=3)
 
+    config = _json_field(meta, "config", where)
     try:
-        config = json.loads(meta["config"])
         config = {k: int(config[k]) for k in CONFIG_KEYS}
-    except (KeyError, ValueError, TypeError):
+    except _PARSE_ERRORS:
         raise CheckpointError(f"{where}: metadata 'config' is missing or malformed") from None
     if min(config.values()) < 1 or config["n_embd"] % config["n_head"] or config["vocab_size"] < 2:
         raise CheckpointError(f"{where}: invalid model config {config}")
     dtype = meta.get("dtype")
     if dtype not in DTYPES:
-        raise CheckpointError(f"{where}: metadata 'dtype' must be float64 or float32, got {dtype!r}")
+        raise CheckpointError(f"{where}: metadata 'dtype' must be float64 or float32, got "
+                              f"{dtype!r:.40}")
 
     uchars = meta.get("uchars")
     if uchars is not None:
@@ -412,14 +496,12 @@ def load_checkpoint(path: PathArg) -> Checkpoint:
             raise CheckpointError(f"{where}: training metadata {', '.join(missing)} missing")
         try:
             rng_state = _rng_state_from_json(meta["rng_state"])
-        except (ValueError, TypeError, OverflowError):
+        except _PARSE_ERRORS:
             raise CheckpointError(f"{where}: metadata 'rng_state' is malformed") from None
-        try:
-            train_config = json.loads(meta.get("train_config", "{}"))
-            if not isinstance(train_config, dict):
-                raise ValueError
-        except ValueError:
-            raise CheckpointError(f"{where}: metadata 'train_config' is malformed") from None
+        train_config = _json_field(meta, "train_config", where, "{}")
+        if not isinstance(train_config, dict):
+            raise CheckpointError(f"{where}: metadata 'train_config' is malformed (not a JSON "
+                                  "object)")
         losses = tensors.get("train.losses")
         step = _meta_int(meta, "step", where)
         num_steps = _meta_int(meta, "num_steps", where, 1)
@@ -452,14 +534,14 @@ def restore_into(model, ckpt: Checkpoint, *, adam: bool = True) -> None:
         raise CheckpointMismatchError(
             f"the model ({mine}, {model.dtype}) does not match the checkpoint "
             f"({ckpt.config}, {ckpt.dtype})")
-    slices = _flat_slices(model)
-    for name, (off, shape) in slices.items():
+    flat_p, flat_m, flat_v = (_flat(model, a) for a in ("flat_params", "adam_m", "adam_v"))
+    for name, (off, shape) in model_layout(model).items():
         size = shape[0] * shape[1]
-        model.params[name][...] = ckpt.params[name]
+        flat_p[off:off + size] = ckpt.params[name].reshape(-1)
         if adam:
             if ckpt.adam_m is None or ckpt.adam_v is None:
-                model.adam_m[off:off + size] = 0
-                model.adam_v[off:off + size] = 0
+                flat_m[off:off + size] = 0
+                flat_v[off:off + size] = 0
             else:
-                model.adam_m[off:off + size] = ckpt.adam_m[name].reshape(-1)
-                model.adam_v[off:off + size] = ckpt.adam_v[name].reshape(-1)
+                flat_m[off:off + size] = ckpt.adam_m[name].reshape(-1)
+                flat_v[off:off + size] = ckpt.adam_v[name].reshape(-1)

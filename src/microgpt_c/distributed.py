@@ -440,11 +440,6 @@ def _data_digest(corpus: np.ndarray, starts: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------- the model wrapper
-def _all_finite(grads: np.ndarray) -> bool:
-    """False if any gradient is NaN/inf (~20 us for 200k float32)."""
-    return bool(np.isfinite(grads).all())
-
-
 class DataParallelModel:
     """A :class:`~microgpt_c.GPT` trained data-parallel.
 
@@ -646,29 +641,17 @@ class DataParallelModel:
                 self._synced = True
         losses = np.zeros(n_steps, dtype=np.float64)
         lrs = np.zeros(n_steps, dtype=np.float64)
-        starts_list = starts.tolist()
+        # the C core selects each step's documents and computes the schedule
+        # (GPT.step_share / step_update); this module only combines the shares
+        corpus = np.ascontiguousarray(corpus, dtype=np.int32)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
         per = batch_size // self.size
+        step = self._mpi_step if sess is not None else self._local_step
         for i in range(n_steps):
             s = step0 + i
-            first = s * batch_size
-            if sess is not None:
-                loss, lr_t = self._mpi_step(corpus, starts_list, n_docs, first, per,
-                                            batch_size, s, num_steps, lr, beta1, beta2, eps,
-                                            losses[:i])
-            else:
-                loss, lr_t = self._local_step(corpus, starts_list, n_docs, first, per,
-                                              batch_size, s, num_steps, lr, beta1, beta2,
-                                              eps, losses[:i])
-            losses[i], lrs[i] = loss, lr_t
+            losses[i], lrs[i] = step(corpus, starts, per, batch_size, s, num_steps, lr, beta1,
+                                     beta2, eps, losses[:i])
         return losses, lrs
-
-    def _share(self, corpus, starts: List[int], n_docs: int, first: int, lo: int,
-               hi: int) -> List[np.ndarray]:
-        out = []
-        for b in range(lo, hi):
-            d = (first + b) % n_docs
-            out.append(corpus[starts[d]:starts[d + 1]])
-        return out
 
     def _nonfinite(self, value: float, s: int, done: np.ndarray,
                    what: str = "loss") -> NonFiniteLossError:
@@ -680,8 +663,8 @@ class DataParallelModel:
         err.losses = done.copy()      # type: ignore[attr-defined]
         return err
 
-    def _local_step(self, corpus, starts, n_docs, first, per, batch_size, s, num_steps,
-                    lr, beta1, beta2, eps, done):
+    def _local_step(self, corpus, starts, per, batch_size, s, num_steps, lr, beta1, beta2,
+                    eps, done):
         """The K shares one after the other in this process, their gradients
         summed in rank order (as ``reduction="ordered"`` does, and as any
         Allreduce does for K = 2)."""
@@ -696,9 +679,8 @@ class DataParallelModel:
         partial = []
         for k in range(K):
             try:
-                partial.append(model.forward_backward_batch(
-                    self._share(corpus, starts, n_docs, first, k * per, (k + 1) * per),
-                    batch_size))
+                partial.append(model.step_share(corpus, starts, s, batch_size, k * per,
+                                                (k + 1) * per))
             except NonFiniteLossError:
                 model.zero_grad()
                 raise self._nonfinite(float("nan"), s, done) from None
@@ -715,11 +697,10 @@ class DataParallelModel:
             for k in range(2, K):
                 grads += parts[k]
         t2 = time.perf_counter()
-        if not _all_finite(model.flat_grads):
-            model.zero_grad()
-            raise self._nonfinite(float("nan"), s, done, "gradient")
-        lr_t = lr * (1.0 - s / num_steps)
-        model.adam_step(lr_t, s + 1, beta1, beta2, eps)
+        try:
+            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps)
+        except NonFiniteLossError:   # nothing applied, the gradients zeroed
+            raise self._nonfinite(float("nan"), s, done, "gradient") from None
         st = self.stats
         st["compute"] += t1 - t0
         st["reduce"] += t2 - t1
@@ -727,8 +708,8 @@ class DataParallelModel:
         st["steps"] += 1
         return loss, lr_t
 
-    def _mpi_step(self, corpus, starts, n_docs, first, per, batch_size, s, num_steps,
-                  lr, beta1, beta2, eps, done):
+    def _mpi_step(self, corpus, starts, per, batch_size, s, num_steps, lr, beta1, beta2, eps,
+                  done):
         sess = self.session
         assert sess is not None
         MPI, comm, model, K = sess.MPI, sess.comm, self.model, sess.size
@@ -736,8 +717,7 @@ class DataParallelModel:
         t0 = time.perf_counter()
         status, loss, failure = _OK, 0.0, None
         try:
-            loss = model.forward_backward_batch(
-                self._share(corpus, starts, n_docs, first, lo, lo + per), batch_size)
+            loss = model.step_share(corpus, starts, s, batch_size, lo, lo + per)
         except NonFiniteLossError:
             status, loss = _NONFINITE, float("nan")
         except Exception as exc:  # noqa: BLE001 - reported to every rank below
@@ -782,15 +762,14 @@ class DataParallelModel:
                 raise err
             sess.collective_failure = True
             raise self._nonfinite(float(every[:, 0].sum()), s, done)
-        if not _all_finite(grads):  # the same reduced gradient on every rank
-            model.zero_grad()
-            sess.collective_failure = True
-            raise self._nonfinite(float("nan"), s, done, "gradient")
         total = float(every[0, 0])
         for k in range(1, K):
             total += float(every[k, 0])
-        lr_t = lr * (1.0 - s / num_steps)
-        model.adam_step(lr_t, s + 1, beta1, beta2, eps)
+        try:   # the same reduced gradient on every rank, so the same answer
+            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps)
+        except NonFiniteLossError:   # nothing applied, the gradients zeroed
+            sess.collective_failure = True
+            raise self._nonfinite(float("nan"), s, done, "gradient") from None
         self.stats["update"] += time.perf_counter() - t2
         self.stats["steps"] += 1
         return total, lr_t

@@ -85,6 +85,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint, self.losses = step, checkpoint, losses
 
 
+class OutputIsInputError(MicrogptError, ValueError):
+    """An output file given on the command line is one of the input files."""
+
+
 # C status code -> exception class (codes from csrc/microgpt.h)
 STATUS_EXCEPTIONS = {
     1: ConfigError,

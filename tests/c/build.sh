@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the C test driver (tests/c/test_core.c) against the C core (csrc/*.c).
+# Build the C test driver (tests/c/test_core.c) against the C core (csrc/*.c,
+# with the package's per-source flags: see setup.py).
 #
 #   tests/c/build.sh [OUTPUT]            default OUTPUT: build/c-tests/test_core
 #
@@ -30,8 +31,15 @@ else
 fi
 
 mkdir -p "$(dirname "$OUT")"
+COMMON=(-std=c11 -Wall -Wextra -ffp-contract=off -fno-builtin-pow -fno-builtin-powf)
+SOURCES=()
+for src in "$ROOT"/csrc/*.c; do [ "$(basename "$src")" = dtype_f32.c ] || SOURCES+=("$src"); done
+# float32 contracts into fused multiply-adds, as in the package build (setup.py)
 # shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
-"$CC" -std=c11 -Wall -Wextra -ffp-contract=off -fno-builtin-pow -fno-builtin-powf $CFLAGS "${OMPFLAGS[@]}" \
-    -I"$ROOT/csrc" "$ROOT"/csrc/*.c "$HERE/test_core.c" \
-    -o "$OUT" $LDFLAGS "${OMPFLAGS[@]}" -lm
+"$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -ffp-contract=fast -I"$ROOT/csrc" \
+    -c "$ROOT/csrc/dtype_f32.c" -o "$OUT.dtype_f32.o"
+# shellcheck disable=SC2086
+"$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -I"$ROOT/csrc" "${SOURCES[@]}" "$OUT.dtype_f32.o" \
+    "$HERE/test_core.c" -o "$OUT" $LDFLAGS "${OMPFLAGS[@]}" -lm
+rm -f "$OUT.dtype_f32.o"
 echo "built $OUT ($CC $CFLAGS ${OMPFLAGS[*]})" >&2

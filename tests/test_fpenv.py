@@ -1,0 +1,98 @@
+"""The floating-point environment of our calls (issue "Fast on every CPU"):
+float32 work flushes subnormals (FTZ/DAZ) on every thread that runs it,
+float64 work runs in the IEEE default whatever the caller set, and every
+thread's environment is restored on return, so Python, NumPy and other
+libraries in the process see no change."""
+from __future__ import annotations
+
+import platform
+import random
+
+import numpy as np
+import pytest
+
+import microgpt_c
+from microgpt_c import GPT, _kernels as K
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+FTZ_DAZ = 0x8040
+CONTROL = 0xFFC0   # MXCSR control bits (the low six are sticky exception flags)
+pytestmark = pytest.mark.skipif(not X86, reason="MXCSR checks are x86-64 specific")
+
+
+def data(n_docs=40, V=11, seed=1):
+    r = random.Random(seed)
+    docs = [[V - 1] + [r.randrange(V - 1) for _ in range(r.randrange(2, 14))] + [V - 1]
+            for _ in range(n_docs)]
+    starts = np.cumsum([0] + [len(d) for d in docs]).astype(np.int64)
+    return np.concatenate(docs).astype(np.int32), starts
+
+
+def train(dtype, steps=30, batch=8, threads=None, **kw):
+    if threads is not None and microgpt_c.openmp_enabled():
+        microgpt_c.set_num_threads(threads)
+    cfg = dict(vocab_size=11, n_layer=1, n_embd=32, n_head=4, block_size=16)
+    cfg.update(kw)
+    m = GPT(dtype=dtype, **cfg)
+    m.init_weights(random.Random(0))
+    c, st = data()
+    losses, _ = m.train_steps(c, st, 0, steps, steps, batch_size=batch)
+    return m, losses
+
+
+@pytest.fixture
+def restore_threads():
+    before = microgpt_c.get_num_threads()
+    yield
+    if microgpt_c.openmp_enabled():
+        microgpt_c.set_num_threads(before)
+
+
+def subnormal_survives():
+    """NumPy float32 arithmetic keeps a subnormal result (FTZ off here)."""
+    return np.float32(1e-30) * np.float32(1e-10) != 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_our_calls_restore_every_threads_environment(dtype, threads, restore_threads):
+    before = K.fp_env() & CONTROL
+    team_before = {s & CONTROL for s in K.team_fp_envs()}
+    assert before & FTZ_DAZ == 0 and subnormal_survives()
+    m, _ = train(dtype, threads=threads, n_embd=64)   # big enough for the team step
+    m.sample_tokens(random.Random(3).getstate(), 0.5, 0, [], 10, 3)
+    assert K.fp_env() & CONTROL == before and subnormal_survives()
+    assert {s & CONTROL for s in K.team_fp_envs()} == team_before
+
+
+def test_float64_ignores_a_callers_flush_to_zero():
+    """A caller that set FTZ/DAZ (e.g. a library built with -ffast-math) does
+    not change float64 results, and gets its setting back."""
+    _, ref = train("float64")
+    before = K.fp_env()
+    K.set_fp_env(before | FTZ_DAZ)
+    try:
+        _, flushed = train("float64")
+        assert K.fp_env() & CONTROL == (before | FTZ_DAZ) & CONTROL
+    finally:
+        K.set_fp_env(before)
+    assert np.array_equal(ref, flushed)
+
+
+def test_float32_flushes_subnormal_moments():
+    """With FTZ the float32 Adam moments of never-updated parameters never
+    go subnormal (they decay to 0 instead)."""
+    m, _ = train("float32", steps=700, batch=1, n_embd=16, block_size=16)
+    tiny = np.finfo(np.float32).tiny
+    for arr in (m.adam_m, m.adam_v):
+        a = np.abs(np.asarray(arr))
+        assert not np.any((a > 0) & (a < tiny))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_thread_count_does_not_change_results(dtype, restore_threads):
+    if not microgpt_c.openmp_enabled():
+        pytest.skip("serial build")
+    m1, l1 = train(dtype, threads=1, n_embd=64, steps=10)
+    m2, l2 = train(dtype, threads=2, n_embd=64, steps=10)
+    assert np.array_equal(l1, l2) and np.array_equal(m1.flat_params, m2.flat_params)
