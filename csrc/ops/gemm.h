@@ -1,0 +1,271 @@
+/* gemm.h: C (M, N) = (acc ? C : 0) + A (M, K) @ B (K, N), packed, register-tiled,
+ * cache-blocked (the BLIS design), for one dtype per inclusion.
+ *
+ * Include once per dtype after defining REAL (double or float) and FN(name)
+ * (name##_f64 / name##_f32).  Every output element is ONE sequential sum over
+ * k = 0..K-1 starting from c(i,j) (acc) or +0.0: s = s + a(i,k)*b(k,j), a separate
+ * multiply and add in a -ffp-contract=off file (float64: bit-identical to the
+ * naive loop), a fused multiply-add in a -ffp-contract=fast file (float32: the
+ * same bits as fmaf in that order, on an FMA-capable clone).
+ *
+ * Structure: the output is cut into fixed tiles (gemm_num_tiles); a tile is
+ * computed by one thread over all of K, in k blocks of KC that continue each
+ * element's sum.  Per k block, the B block (KC x tile width) is packed into
+ * NR-wide panels and A either is read in place (row-contiguous A) or packed into
+ * MR-tall panels; a micro-kernel keeps an MR x NR tile of C in registers while it
+ * walks k.  Results do not depend on the tiling or on the thread count. */
+#ifndef MG_GEMM_COMMON_H
+#define MG_GEMM_COMMON_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef MG_HOT
+#define MG_HOT
+#endif
+/* smallest M*N*K that FN(gemm) splits across a team */
+#ifndef MG_GEMM_MIN_PAR_WORK
+#define MG_GEMM_MIN_PAR_WORK 4000000
+#endif
+#ifndef MG_GEMM_TEAM_SIZE
+#define MG_GEMM_TEAM_SIZE() omp_get_max_threads()
+#endif
+/* fewest tiles to aim for (so a team of a few threads has work to share) */
+#ifndef MG_GEMM_MIN_TILES
+#define MG_GEMM_MIN_TILES 4
+#endif
+
+#define MG_GEMM_INLINE static inline __attribute__((always_inline))
+/* Blocking for the current REAL.  Register tile MR x NR with NR = NV vectors of
+ * 64 bytes: float32 14 x 32, float64 12 x 16 (28 / 24 accumulators of the 32
+ * zmm registers).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).
+ * TM x TN: largest output tile (the TM x KC part of A stays in L2). */
+#define MG_GEMM_W ((int)(64 / sizeof(REAL)))
+#define MG_GEMM_NV 2
+#define MG_GEMM_NR (MG_GEMM_NV * MG_GEMM_W)
+#define MG_GEMM_MR ((int)(sizeof(REAL) == 4 ? 14 : 12))
+#define MG_GEMM_KC 256
+#define MG_GEMM_TM ((int)(sizeof(REAL) == 4 ? 280 : 192))
+#define MG_GEMM_TN 1024
+
+static inline int mg_gemm_cdiv(int a, int b) { return (a + b - 1) / b; }
+static inline int mg_gemm_min(int a, int b) { return a < b ? a : b; }
+#endif /* MG_GEMM_COMMON_H */
+
+typedef REAL FN(gemm_v) __attribute__((vector_size(64)));
+typedef REAL FN(gemm_vu) __attribute__((vector_size(64), aligned(sizeof(REAL))));
+
+/* Tile grid: rows per tile *tm (a multiple of MR), columns per tile *tn (a
+ * multiple of NR), *nrb x *ncb tiles numbered row by row. */
+static void FN(gemm_grid)(int M, int N, int *tm, int *tn, int *nrb, int *ncb) {
+    int rb = mg_gemm_cdiv(M, MG_GEMM_TM), cb = mg_gemm_cdiv(N, MG_GEMM_TN);
+    while (rb * cb < MG_GEMM_MIN_TILES) {
+        if (M / rb >= 2 * 4 * MG_GEMM_MR) rb *= 2;
+        else if (N / cb >= 2 * 2 * MG_GEMM_NR) cb *= 2;
+        else break;
+    }
+    *tm = mg_gemm_cdiv(mg_gemm_cdiv(M, rb), MG_GEMM_MR) * MG_GEMM_MR;
+    *tn = mg_gemm_cdiv(mg_gemm_cdiv(N, cb), MG_GEMM_NR) * MG_GEMM_NR;
+    *nrb = mg_gemm_cdiv(M, *tm);
+    *ncb = mg_gemm_cdiv(N, *tn);
+}
+
+int FN(gemm_num_tiles)(int M, int N) {
+    if (M <= 0 || N <= 0) return 0;
+    int tm, tn, nrb, ncb;
+    FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
+    return nrb * ncb;
+}
+
+/* The micro-kernel: c (mr, NR) (row stride ldc) continues (load) or starts from
+ * +0.0 with the kc terms a(i,k)*b(k,:), k in order.  a is a packed panel
+ * a(i,k) = a[k*MR + i] (packed) or rows a(i,k) = a[i*rsa + k]; b is a packed
+ * (kc, NR) panel, 64-byte aligned.  mr, packed: constants after inlining. */
+MG_GEMM_INLINE void FN(gemm_ukr)(REAL *c, int ldc, const REAL *a, int rsa, const REAL *b,
+                                 int kc, const int mr, const int packed, int load) {
+    FN(gemm_v) acc[MG_GEMM_MR][MG_GEMM_NV];
+    if (load) {
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < MG_GEMM_NV; j++)
+                acc[i][j] = *(const FN(gemm_vu) *)(c + (size_t)i * ldc + j * MG_GEMM_W);
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < MG_GEMM_NV; j++) acc[i][j] = (FN(gemm_v)){0};
+    }
+    for (int k = 0; k < kc; k++) {
+        const FN(gemm_v) *bk = (const FN(gemm_v) *)(b + (size_t)k * MG_GEMM_NR);
+        FN(gemm_v) bv[MG_GEMM_NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < MG_GEMM_NV; j++) bv[j] = bk[j];
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++) {
+            REAL ai = packed ? a[k * MG_GEMM_MR + i] : a[(size_t)i * rsa + k];
+#pragma GCC unroll 4
+            for (int j = 0; j < MG_GEMM_NV; j++) acc[i][j] = acc[i][j] + ai * bv[j];
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < MG_GEMM_NV; j++)
+            *(FN(gemm_vu) *)(c + (size_t)i * ldc + j * MG_GEMM_W) = acc[i][j];
+}
+
+/* Rows 0..mr-1 (any mr >= 1) of one micro-tile, in pieces of MR, 8, 4, 2, 1 rows. */
+MG_HOT static void FN(gemm_ukr_rows)(REAL *c, int ldc, const REAL *a, int rsa, const REAL *b,
+                                     int kc, int mr, int packed, int load) {
+    while (mr > 0) {
+        int p = mr >= MG_GEMM_MR ? MG_GEMM_MR : mr >= 8 ? 8 : mr >= 4 ? 4 : mr >= 2 ? 2 : 1;
+        if (packed) {
+            if (p == MG_GEMM_MR) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, MG_GEMM_MR, 1, load);
+            else if (p == 8) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 8, 1, load);
+            else if (p == 4) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 4, 1, load);
+            else if (p == 2) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 2, 1, load);
+            else FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 1, 1, load);
+            a += p;
+        } else {
+            if (p == MG_GEMM_MR) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, MG_GEMM_MR, 0, load);
+            else if (p == 8) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 8, 0, load);
+            else if (p == 4) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 4, 0, load);
+            else if (p == 2) FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 2, 0, load);
+            else FN(gemm_ukr)(c, ldc, a, rsa, b, kc, 1, 0, load);
+            a += (size_t)p * rsa;
+        }
+        c += (size_t)p * ldc;
+        mr -= p;
+    }
+}
+
+/* Pack b(k, j), k < kc, j < n into NR-wide panels bp[j/NR][k][j%NR], zero-padded. */
+MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
+                                   const REAL *B,   /* b(k,j) = B[k*rsB + j*csB] */
+                                   int rsB, int csB, int kc, int n) {
+    for (int j0 = 0; j0 < n; j0 += MG_GEMM_NR, bp += (size_t)kc * MG_GEMM_NR) {
+        int nr = mg_gemm_min(MG_GEMM_NR, n - j0);
+        const REAL *bj = B + (size_t)j0 * csB;
+        if (nr < MG_GEMM_NR) memset(bp, 0, sizeof(REAL) * kc * MG_GEMM_NR);
+        if (csB == 1) {
+            for (int k = 0; k < kc; k++)
+                memcpy(bp + (size_t)k * MG_GEMM_NR, bj + (size_t)k * rsB, sizeof(REAL) * nr);
+        } else {
+            for (int j = 0; j < nr; j++)
+                for (int k = 0; k < kc; k++)
+                    bp[(size_t)k * MG_GEMM_NR + j] = bj[(size_t)j * csB + (size_t)k * rsB];
+        }
+    }
+}
+
+/* Pack a(i, k), i < m, k < kc into MR-tall panels ap[i/MR][k][i%MR]. */
+MG_HOT static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
+                                   const REAL *A,   /* a(i,k) = A[i*rsA + k*csA] */
+                                   int rsA, int csA, int m, int kc) {
+    for (int i0 = 0; i0 < m; i0 += MG_GEMM_MR, ap += (size_t)kc * MG_GEMM_MR) {
+        int mr = mg_gemm_min(MG_GEMM_MR, m - i0);
+        const REAL *ai = A + (size_t)i0 * rsA;
+        for (int k = 0; k < kc; k++)
+            for (int i = 0; i < mr; i++)
+                ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + (size_t)k * csA];
+    }
+}
+
+/* The unpacked loop, for when a pack buffer cannot be had: rows i0..i1-1,
+ * columns j0..j1-1, same order of operations (slow, correct). */
+static void FN(gemm_naive)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA,
+                           const REAL *B, int rsB, int csB, int K, int acc,
+                           int i0, int i1, int j0, int j1) {
+    for (int i = i0; i < i1; i++)
+        for (int j = j0; j < j1; j++) {
+            REAL s = acc ? Cm[(size_t)i * ldc + j] : (REAL)0;
+            for (int k = 0; k < K; k++)
+                s = s + A[(size_t)i * rsA + (size_t)k * csA] * B[(size_t)k * rsB + (size_t)j * csB];
+            Cm[(size_t)i * ldc + j] = s;
+        }
+}
+
+/* Computes tiles tile0..tile1-1 of the grid of FN(gemm_num_tiles)(M, N); any
+ * split of the tiles among threads gives the bits of one FN(gemm) call. */
+void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ldc */
+                    int ldc,
+                    const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
+                    const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
+                    int M, int N, int K, int acc, int tile0, int tile1) {
+    if (M <= 0 || N <= 0 || tile0 >= tile1) return;
+    int tm, tn, nrb, ncb;
+    FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
+    int kcmax = mg_gemm_min(MG_GEMM_KC, K > 0 ? K : 1);
+    int packa = csA != 1;   /* row-contiguous A is read in place */
+    size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * tm : 0;
+    /* one allocation: B panels (64-byte aligned) then A panels */
+    char *mem = malloc(sizeof(REAL) * (nb + na) + 64);
+    REAL *bp = mem ? (REAL *)(mem + (64 - (uintptr_t)mem % 64) % 64) : NULL;
+    REAL *ap = bp ? bp + nb : NULL;
+    for (int t = tile0; t < tile1; t++) {
+        int i0 = (t / ncb) * tm, j0 = (t % ncb) * tn;
+        int mt = mg_gemm_min(tm, M - i0), nt = mg_gemm_min(tn, N - j0);
+        if (!bp || K <= 0) {
+            FN(gemm_naive)(Cm, ldc, A, rsA, csA, B, rsB, csB, K, acc, i0, i0 + mt, j0, j0 + nt);
+            continue;
+        }
+        for (int pc = 0; pc < K; pc += MG_GEMM_KC) {
+            int kc = mg_gemm_min(MG_GEMM_KC, K - pc), load = acc || pc > 0;
+            FN(gemm_pack_b)(bp, B + (size_t)pc * rsB + (size_t)j0 * csB, rsB, csB, kc, nt);
+            if (packa) FN(gemm_pack_a)(ap, A + (size_t)i0 * rsA + (size_t)pc * csA, rsA, csA, mt, kc);
+            for (int jr = 0; jr < nt; jr += MG_GEMM_NR) {
+                int nr = mg_gemm_min(MG_GEMM_NR, nt - jr);
+                const REAL *b = bp + (size_t)jr * kc;
+                for (int ir = 0; ir < mt; ir += MG_GEMM_MR) {
+                    int mr = mg_gemm_min(MG_GEMM_MR, mt - ir);
+                    const REAL *a = packa ? ap + (size_t)ir * kc : A + (size_t)(i0 + ir) * rsA + pc;
+                    REAL *c = Cm + (size_t)(i0 + ir) * ldc + j0 + jr;
+                    if (nr == MG_GEMM_NR) {
+                        FN(gemm_ukr_rows)(c, ldc, a, rsA, b, kc, mr, packa, load);
+                        continue;
+                    }
+                    /* right edge: through a full-width scratch tile */
+                    REAL tmp[MG_GEMM_MR * MG_GEMM_NR];
+                    for (int i = 0; i < mr; i++)
+                        for (int j = 0; j < MG_GEMM_NR; j++)
+                            tmp[i * MG_GEMM_NR + j] = load && j < nr ? c[(size_t)i * ldc + j] : (REAL)0;
+                    FN(gemm_ukr_rows)(tmp, MG_GEMM_NR, a, rsA, b, kc, mr, packa, 1);
+                    for (int i = 0; i < mr; i++)
+                        memcpy(c + (size_t)i * ldc, tmp + i * MG_GEMM_NR, sizeof(REAL) * nr);
+                }
+            }
+        }
+    }
+    free(mem);
+}
+
+/* Cm (M, N) = (acc ? Cm : 0) + A (M, K) @ B (K, N), one sequential sum per element
+ * over k in order; a team of threads shares the tiles when the work is large
+ * enough and the caller is not already in a parallel region. */
+void FN(gemm)(REAL *Cm,                           /* (M, N), row stride ldc */
+              int ldc,
+              const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
+              const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
+              int M, int N, int K, int acc) {
+    int nt = FN(gemm_num_tiles)(M, N);
+#ifdef _OPENMP
+    int team = nt > 1 && !omp_in_parallel() && (double)M * N * K >= MG_GEMM_MIN_PAR_WORK
+                   ? MG_GEMM_TEAM_SIZE() : 1;
+    if (team > nt) team = nt;
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        {
+            int id = omp_get_thread_num(), nth = omp_get_num_threads();
+            FN(gemm_tiles)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc,
+                           (int)((long long)nt * id / nth), (int)((long long)nt * (id + 1) / nth));
+        }
+        return;
+    }
+#endif
+    FN(gemm_tiles)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, 0, nt);
+}
