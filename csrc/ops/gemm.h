@@ -44,12 +44,25 @@
  * 64 bytes: float32 14 x 32, float64 12 x 16 (28 / 24 accumulators of the 32
  * zmm registers).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).
  * TM x TN: largest output tile (the TM x KC part of A stays in L2). */
+#ifndef MG_GEMM_MR_F32
+#define MG_GEMM_MR_F32 14
+#define MG_GEMM_NV_F32 2
+#define MG_GEMM_KC_F32 256
+#define MG_GEMM_TM_F32 280
+#endif
+#ifndef MG_GEMM_MR_F64
+#define MG_GEMM_MR_F64 12
+#define MG_GEMM_NV_F64 2
+#define MG_GEMM_KC_F64 256
+#define MG_GEMM_TM_F64 192
+#endif
 #define MG_GEMM_W ((int)(64 / sizeof(REAL)))
-#define MG_GEMM_NV 2
+#define MG_GEMM_F32 (sizeof(REAL) == 4)
+#define MG_GEMM_NV ((int)(MG_GEMM_F32 ? MG_GEMM_NV_F32 : MG_GEMM_NV_F64))
 #define MG_GEMM_NR (MG_GEMM_NV * MG_GEMM_W)
-#define MG_GEMM_MR ((int)(sizeof(REAL) == 4 ? 14 : 12))
-#define MG_GEMM_KC 256
-#define MG_GEMM_TM ((int)(sizeof(REAL) == 4 ? 280 : 192))
+#define MG_GEMM_MR ((int)(MG_GEMM_F32 ? MG_GEMM_MR_F32 : MG_GEMM_MR_F64))
+#define MG_GEMM_KC ((int)(MG_GEMM_F32 ? MG_GEMM_KC_F32 : MG_GEMM_KC_F64))
+#define MG_GEMM_TM ((int)(MG_GEMM_F32 ? MG_GEMM_TM_F32 : MG_GEMM_TM_F64))
 #define MG_GEMM_TN 1024
 
 static inline int mg_gemm_cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -87,7 +100,7 @@ int FN(gemm_num_tiles)(int M, int N) {
  * (kc, NR) panel, 64-byte aligned.  mr, packed: constants after inlining. */
 MG_GEMM_INLINE void FN(gemm_ukr)(REAL *c, int ldc, const REAL *a, int rsa, const REAL *b,
                                  int kc, const int mr, const int packed, int load) {
-    FN(gemm_v) acc[MG_GEMM_MR][MG_GEMM_NV];
+    FN(gemm_v) acc[MG_GEMM_F32 ? MG_GEMM_MR_F32 : MG_GEMM_MR_F64][MG_GEMM_F32 ? MG_GEMM_NV_F32 : MG_GEMM_NV_F64];
     if (load) {
 #pragma GCC unroll 16
         for (int i = 0; i < mr; i++)
@@ -152,7 +165,13 @@ MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
         int nr = mg_gemm_min(MG_GEMM_NR, n - j0);
         const REAL *bj = B + (size_t)j0 * csB;
         if (nr < MG_GEMM_NR) memset(bp, 0, sizeof(REAL) * kc * MG_GEMM_NR);
-        if (csB == 1) {
+        if (csB == 1 && nr == MG_GEMM_NR) {
+            for (int k = 0; k < kc; k++)
+#pragma GCC unroll 4
+                for (int j = 0; j < MG_GEMM_NV; j++)
+                    ((FN(gemm_v) *)(bp + (size_t)k * MG_GEMM_NR))[j] =
+                        ((const FN(gemm_vu) *)(bj + (size_t)k * rsB))[j];
+        } else if (csB == 1) {
             for (int k = 0; k < kc; k++)
                 memcpy(bp + (size_t)k * MG_GEMM_NR, bj + (size_t)k * rsB, sizeof(REAL) * nr);
         } else {
@@ -170,9 +189,17 @@ MG_HOT static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
     for (int i0 = 0; i0 < m; i0 += MG_GEMM_MR, ap += (size_t)kc * MG_GEMM_MR) {
         int mr = mg_gemm_min(MG_GEMM_MR, m - i0);
         const REAL *ai = A + (size_t)i0 * rsA;
-        for (int k = 0; k < kc; k++)
+        if (rsA == 1 && mr == MG_GEMM_MR) {
+            for (int k = 0; k < kc; k++)
+                memcpy(ap + (size_t)k * MG_GEMM_MR, ai + (size_t)k * csA, sizeof(REAL) * MG_GEMM_MR);
+        } else if (csA == 1) {
             for (int i = 0; i < mr; i++)
-                ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + (size_t)k * csA];
+                for (int k = 0; k < kc; k++) ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + k];
+        } else {
+            for (int k = 0; k < kc; k++)
+                for (int i = 0; i < mr; i++)
+                    ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + (size_t)k * csA];
+        }
     }
 }
 
@@ -201,7 +228,9 @@ void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ld
     int tm, tn, nrb, ncb;
     FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
     int kcmax = mg_gemm_min(MG_GEMM_KC, K > 0 ? K : 1);
-    int packa = csA != 1;   /* row-contiguous A is read in place */
+    /* row-contiguous A is read in place, unless its rows are 4 KiB apart (MR rows
+     * would then share one L1 set) */
+    int packa = csA != 1 || (size_t)rsA * sizeof(REAL) % 4096 == 0;
     size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * tm : 0;
     /* one allocation: B panels (64-byte aligned) then A panels */
     char *mem = malloc(sizeof(REAL) * (nb + na) + 64);
