@@ -43,27 +43,30 @@
 /* Blocking for the current REAL.  Register tile MR x NR with NR = NV vectors of
  * 64 bytes: float32 14 x 32, float64 12 x 16 (28 / 24 accumulators of the 32
  * zmm registers).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).
- * TM x TN: largest output tile (the TM x KC part of A stays in L2). */
+ * MC: rows of A per block (an MC x KC block of A, packed or not, stays in L2).
+ * Output tiles: at most TILE_M x TILE_N (the thread-sharing unit; the B block
+ * KC x tile width is packed once per tile and k block). */
 #ifndef MG_GEMM_MR_F32
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
 #define MG_GEMM_KC_F32 256
-#define MG_GEMM_TM_F32 280
+#define MG_GEMM_MC_F32 280
 #endif
 #ifndef MG_GEMM_MR_F64
 #define MG_GEMM_MR_F64 12
 #define MG_GEMM_NV_F64 2
 #define MG_GEMM_KC_F64 256
-#define MG_GEMM_TM_F64 192
+#define MG_GEMM_MC_F64 192
 #endif
+#define MG_GEMM_TILE_M 512
+#define MG_GEMM_TILE_N 1024
 #define MG_GEMM_W ((int)(64 / sizeof(REAL)))
 #define MG_GEMM_F32 (sizeof(REAL) == 4)
 #define MG_GEMM_NV ((int)(MG_GEMM_F32 ? MG_GEMM_NV_F32 : MG_GEMM_NV_F64))
 #define MG_GEMM_NR (MG_GEMM_NV * MG_GEMM_W)
 #define MG_GEMM_MR ((int)(MG_GEMM_F32 ? MG_GEMM_MR_F32 : MG_GEMM_MR_F64))
 #define MG_GEMM_KC ((int)(MG_GEMM_F32 ? MG_GEMM_KC_F32 : MG_GEMM_KC_F64))
-#define MG_GEMM_TM ((int)(MG_GEMM_F32 ? MG_GEMM_TM_F32 : MG_GEMM_TM_F64))
-#define MG_GEMM_TN 1024
+#define MG_GEMM_MC ((int)(MG_GEMM_F32 ? MG_GEMM_MC_F32 : MG_GEMM_MC_F64))
 
 static inline int mg_gemm_cdiv(int a, int b) { return (a + b - 1) / b; }
 static inline int mg_gemm_min(int a, int b) { return a < b ? a : b; }
@@ -73,12 +76,16 @@ typedef REAL FN(gemm_v) __attribute__((vector_size(64)));
 typedef REAL FN(gemm_vu) __attribute__((vector_size(64), aligned(sizeof(REAL))));
 
 /* Tile grid: rows per tile *tm (a multiple of MR), columns per tile *tn (a
- * multiple of NR), *nrb x *ncb tiles numbered row by row. */
+ * multiple of NR), *nrb x *ncb tiles numbered row by row.  Below MIN_TILES
+ * tiles, the longer side of the tile is halved (a row split packs B's columns
+ * once more, a column split A's rows: the smaller of the two). */
 static void FN(gemm_grid)(int M, int N, int *tm, int *tn, int *nrb, int *ncb) {
-    int rb = mg_gemm_cdiv(M, MG_GEMM_TM), cb = mg_gemm_cdiv(N, MG_GEMM_TN);
+    int rb = mg_gemm_cdiv(M, MG_GEMM_TILE_M), cb = mg_gemm_cdiv(N, MG_GEMM_TILE_N);
     while (rb * cb < MG_GEMM_MIN_TILES) {
-        if (M / rb >= 2 * 4 * MG_GEMM_MR) rb *= 2;
-        else if (N / cb >= 2 * 2 * MG_GEMM_NR) cb *= 2;
+        int rows = M / rb, cols = N / cb;
+        int can_r = rows >= 2 * 4 * MG_GEMM_MR, can_c = cols >= 2 * 2 * MG_GEMM_NR;
+        if (can_r && (rows >= cols || !can_c)) rb *= 2;
+        else if (can_c) cb *= 2;
         else break;
     }
     *tm = mg_gemm_cdiv(mg_gemm_cdiv(M, rb), MG_GEMM_MR) * MG_GEMM_MR;
@@ -157,48 +164,61 @@ MG_HOT static void FN(gemm_ukr_rows)(REAL *c, int ldc, const REAL *a, int rsa, c
     }
 }
 
-/* Pack b(k, j), k < kc, j < n into NR-wide panels bp[j/NR][k][j%NR], zero-padded. */
+/* Pack b(k, j), k < kc, j < n into NR-wide panels bp[j/NR][k][j%NR], zero-padded.
+ * Rows of B (csB == 1) are read row by row, columns (rsB == 1) column by column,
+ * one stream at a time with the next one prefetched. */
 MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
                                    const REAL *B,   /* b(k,j) = B[k*rsB + j*csB] */
                                    int rsB, int csB, int kc, int n) {
-    for (int j0 = 0; j0 < n; j0 += MG_GEMM_NR, bp += (size_t)kc * MG_GEMM_NR) {
-        int nr = mg_gemm_min(MG_GEMM_NR, n - j0);
-        const REAL *bj = B + (size_t)j0 * csB;
-        if (nr < MG_GEMM_NR) memset(bp, 0, sizeof(REAL) * kc * MG_GEMM_NR);
-        if (csB == 1 && nr == MG_GEMM_NR) {
-            for (int k = 0; k < kc; k++)
+    int nfull = n / MG_GEMM_NR * MG_GEMM_NR, nr = n - nfull;
+    REAL *edge = bp + (size_t)nfull * kc;   /* the last, partial panel */
+    if (nr) memset(edge, 0, sizeof(REAL) * kc * MG_GEMM_NR);
+    if (csB == 1) {
+        for (int k = 0; k < kc; k++) {
+            const REAL *bk = B + (size_t)k * rsB;
+            if (k + 2 < kc)
+                for (int j = 0; j < n; j += MG_GEMM_W) __builtin_prefetch(bk + 2 * (size_t)rsB + j);
+            for (int j0 = 0; j0 < nfull; j0 += MG_GEMM_NR)
 #pragma GCC unroll 4
                 for (int j = 0; j < MG_GEMM_NV; j++)
-                    ((FN(gemm_v) *)(bp + (size_t)k * MG_GEMM_NR))[j] =
-                        ((const FN(gemm_vu) *)(bj + (size_t)k * rsB))[j];
-        } else if (csB == 1) {
-            for (int k = 0; k < kc; k++)
-                memcpy(bp + (size_t)k * MG_GEMM_NR, bj + (size_t)k * rsB, sizeof(REAL) * nr);
-        } else {
-            for (int j = 0; j < nr; j++)
-                for (int k = 0; k < kc; k++)
-                    bp[(size_t)k * MG_GEMM_NR + j] = bj[(size_t)j * csB + (size_t)k * rsB];
+                    ((FN(gemm_v) *)(bp + (size_t)j0 * kc + (size_t)k * MG_GEMM_NR))[j] =
+                        ((const FN(gemm_vu) *)(bk + j0))[j];
+            if (nr) memcpy(edge + (size_t)k * MG_GEMM_NR, bk + nfull, sizeof(REAL) * nr);
+        }
+    } else {
+        for (int j = 0; j < n; j++) {
+            const REAL *bj = B + (size_t)j * csB;
+            REAL *dst = bp + (size_t)(j / MG_GEMM_NR) * MG_GEMM_NR * kc + j % MG_GEMM_NR;
+            if (rsB == 1 && j + 1 < n)
+                for (int k = 0; k < kc; k += MG_GEMM_W) __builtin_prefetch(bj + csB + k);
+            for (int k = 0; k < kc; k++) dst[(size_t)k * MG_GEMM_NR] = bj[(size_t)k * rsB];
         }
     }
 }
 
-/* Pack a(i, k), i < m, k < kc into MR-tall panels ap[i/MR][k][i%MR]. */
+/* Pack a(i, k), i < m, k < kc into MR-tall panels ap[i/MR][k][i%MR], the same
+ * way (k by k for rsA == 1, row by row otherwise). */
 MG_HOT static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
                                    const REAL *A,   /* a(i,k) = A[i*rsA + k*csA] */
                                    int rsA, int csA, int m, int kc) {
-    for (int i0 = 0; i0 < m; i0 += MG_GEMM_MR, ap += (size_t)kc * MG_GEMM_MR) {
-        int mr = mg_gemm_min(MG_GEMM_MR, m - i0);
-        const REAL *ai = A + (size_t)i0 * rsA;
-        if (rsA == 1 && mr == MG_GEMM_MR) {
-            for (int k = 0; k < kc; k++)
-                memcpy(ap + (size_t)k * MG_GEMM_MR, ai + (size_t)k * csA, sizeof(REAL) * MG_GEMM_MR);
-        } else if (csA == 1) {
-            for (int i = 0; i < mr; i++)
-                for (int k = 0; k < kc; k++) ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + k];
-        } else {
-            for (int k = 0; k < kc; k++)
-                for (int i = 0; i < mr; i++)
-                    ap[(size_t)k * MG_GEMM_MR + i] = ai[(size_t)i * rsA + (size_t)k * csA];
+    int mfull = m / MG_GEMM_MR * MG_GEMM_MR;
+    if (rsA == 1) {
+        for (int k = 0; k < kc; k++) {
+            const REAL *ak = A + (size_t)k * csA;
+            if (k + 2 < kc)
+                for (int i = 0; i < m; i += MG_GEMM_W) __builtin_prefetch(ak + 2 * (size_t)csA + i);
+            for (int i0 = 0; i0 < mfull; i0 += MG_GEMM_MR)
+                memcpy(ap + (size_t)i0 * kc + (size_t)k * MG_GEMM_MR, ak + i0, sizeof(REAL) * MG_GEMM_MR);
+            for (int i = mfull; i < m; i++)
+                ap[(size_t)mfull * kc + (size_t)k * MG_GEMM_MR + i - mfull] = ak[i];
+        }
+    } else {
+        for (int i = 0; i < m; i++) {
+            const REAL *ai = A + (size_t)i * rsA;
+            REAL *dst = ap + (size_t)(i / MG_GEMM_MR) * MG_GEMM_MR * kc + i % MG_GEMM_MR;
+            if (csA == 1 && i + 1 < m)
+                for (int k = 0; k < kc; k += MG_GEMM_W) __builtin_prefetch(ai + rsA + k);
+            for (int k = 0; k < kc; k++) dst[(size_t)k * MG_GEMM_MR] = ai[(size_t)k * csA];
         }
     }
 }
@@ -227,11 +247,11 @@ void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ld
     if (M <= 0 || N <= 0 || tile0 >= tile1) return;
     int tm, tn, nrb, ncb;
     FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
-    int kcmax = mg_gemm_min(MG_GEMM_KC, K > 0 ? K : 1);
+    int kcmax = mg_gemm_min(MG_GEMM_KC, K > 0 ? K : 1), mcmax = mg_gemm_min(MG_GEMM_MC, tm);
     /* row-contiguous A is read in place, unless its rows are 4 KiB apart (MR rows
      * would then share one L1 set) */
     int packa = csA != 1 || (size_t)rsA * sizeof(REAL) % 4096 == 0;
-    size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * tm : 0;
+    size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * mcmax : 0;
     /* one allocation: B panels (64-byte aligned) then A panels */
     char *mem = malloc(sizeof(REAL) * (nb + na) + 64);
     REAL *bp = mem ? (REAL *)(mem + (64 - (uintptr_t)mem % 64) % 64) : NULL;
@@ -246,26 +266,29 @@ void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ld
         for (int pc = 0; pc < K; pc += MG_GEMM_KC) {
             int kc = mg_gemm_min(MG_GEMM_KC, K - pc), load = acc || pc > 0;
             FN(gemm_pack_b)(bp, B + (size_t)pc * rsB + (size_t)j0 * csB, rsB, csB, kc, nt);
-            if (packa) FN(gemm_pack_a)(ap, A + (size_t)i0 * rsA + (size_t)pc * csA, rsA, csA, mt, kc);
-            for (int jr = 0; jr < nt; jr += MG_GEMM_NR) {
-                int nr = mg_gemm_min(MG_GEMM_NR, nt - jr);
-                const REAL *b = bp + (size_t)jr * kc;
-                for (int ir = 0; ir < mt; ir += MG_GEMM_MR) {
-                    int mr = mg_gemm_min(MG_GEMM_MR, mt - ir);
-                    const REAL *a = packa ? ap + (size_t)ir * kc : A + (size_t)(i0 + ir) * rsA + pc;
-                    REAL *c = Cm + (size_t)(i0 + ir) * ldc + j0 + jr;
-                    if (nr == MG_GEMM_NR) {
-                        FN(gemm_ukr_rows)(c, ldc, a, rsA, b, kc, mr, packa, load);
-                        continue;
+            for (int ic = i0; ic < i0 + mt; ic += MG_GEMM_MC) {
+                int mc = mg_gemm_min(MG_GEMM_MC, i0 + mt - ic);
+                if (packa) FN(gemm_pack_a)(ap, A + (size_t)ic * rsA + (size_t)pc * csA, rsA, csA, mc, kc);
+                for (int jr = 0; jr < nt; jr += MG_GEMM_NR) {
+                    int nr = mg_gemm_min(MG_GEMM_NR, nt - jr);
+                    const REAL *b = bp + (size_t)jr * kc;
+                    for (int ir = 0; ir < mc; ir += MG_GEMM_MR) {
+                        int mr = mg_gemm_min(MG_GEMM_MR, mc - ir);
+                        const REAL *a = packa ? ap + (size_t)ir * kc : A + (size_t)(ic + ir) * rsA + pc;
+                        REAL *c = Cm + (size_t)(ic + ir) * ldc + j0 + jr;
+                        if (nr == MG_GEMM_NR) {
+                            FN(gemm_ukr_rows)(c, ldc, a, rsA, b, kc, mr, packa, load);
+                            continue;
+                        }
+                        /* right edge: through a full-width scratch tile */
+                        REAL tmp[MG_GEMM_MR * MG_GEMM_NR];
+                        for (int i = 0; i < mr; i++)
+                            for (int j = 0; j < MG_GEMM_NR; j++)
+                                tmp[i * MG_GEMM_NR + j] = load && j < nr ? c[(size_t)i * ldc + j] : (REAL)0;
+                        FN(gemm_ukr_rows)(tmp, MG_GEMM_NR, a, rsA, b, kc, mr, packa, 1);
+                        for (int i = 0; i < mr; i++)
+                            memcpy(c + (size_t)i * ldc, tmp + i * MG_GEMM_NR, sizeof(REAL) * nr);
                     }
-                    /* right edge: through a full-width scratch tile */
-                    REAL tmp[MG_GEMM_MR * MG_GEMM_NR];
-                    for (int i = 0; i < mr; i++)
-                        for (int j = 0; j < MG_GEMM_NR; j++)
-                            tmp[i * MG_GEMM_NR + j] = load && j < nr ? c[(size_t)i * ldc + j] : (REAL)0;
-                    FN(gemm_ukr_rows)(tmp, MG_GEMM_NR, a, rsA, b, kc, mr, packa, 1);
-                    for (int i = 0; i < mr; i++)
-                        memcpy(c + (size_t)i * ldc, tmp + i * MG_GEMM_NR, sizeof(REAL) * nr);
                 }
             }
         }
