@@ -34,7 +34,8 @@
 #ifndef MG_GEMM_TEAM_SIZE
 #define MG_GEMM_TEAM_SIZE() omp_get_max_threads()
 #endif
-/* fewest tiles to aim for (so a team of a few threads has work to share) */
+/* fewest tiles of the gemm_num_tiles grid (so a caller's team of a few threads
+ * has work to share; FN(gemm) picks its own grid: the bits do not depend on it) */
 #ifndef MG_GEMM_MIN_TILES
 #define MG_GEMM_MIN_TILES 4
 #endif
@@ -50,7 +51,7 @@
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
 #define MG_GEMM_KC_F32 256
-#define MG_GEMM_MC_F32 280
+#define MG_GEMM_MC_F32 252
 #endif
 #ifndef MG_GEMM_MR_F64
 #define MG_GEMM_MR_F64 12
@@ -58,7 +59,7 @@
 #define MG_GEMM_KC_F64 256
 #define MG_GEMM_MC_F64 192
 #endif
-#define MG_GEMM_TILE_M 512
+#define MG_GEMM_TILE_M 1024
 #define MG_GEMM_TILE_N 1024
 #define MG_GEMM_W ((int)(64 / sizeof(REAL)))
 #define MG_GEMM_F32 (sizeof(REAL) == 4)
@@ -76,12 +77,12 @@ typedef REAL FN(gemm_v) __attribute__((vector_size(64)));
 typedef REAL FN(gemm_vu) __attribute__((vector_size(64), aligned(sizeof(REAL))));
 
 /* Tile grid: rows per tile *tm (a multiple of MR), columns per tile *tn (a
- * multiple of NR), *nrb x *ncb tiles numbered row by row.  Below MIN_TILES
+ * multiple of NR), *nrb x *ncb tiles numbered row by row.  Below min_tiles
  * tiles, the longer side of the tile is halved (a row split packs B's columns
  * once more, a column split A's rows: the smaller of the two). */
-static void FN(gemm_grid)(int M, int N, int *tm, int *tn, int *nrb, int *ncb) {
+static void FN(gemm_grid)(int M, int N, int min_tiles, int *tm, int *tn, int *nrb, int *ncb) {
     int rb = mg_gemm_cdiv(M, MG_GEMM_TILE_M), cb = mg_gemm_cdiv(N, MG_GEMM_TILE_N);
-    while (rb * cb < MG_GEMM_MIN_TILES) {
+    while (rb * cb < min_tiles) {
         int rows = M / rb, cols = N / cb;
         int can_r = rows >= 2 * 4 * MG_GEMM_MR, can_c = cols >= 2 * 2 * MG_GEMM_NR;
         if (can_r && (rows >= cols || !can_c)) rb *= 2;
@@ -97,7 +98,7 @@ static void FN(gemm_grid)(int M, int N, int *tm, int *tn, int *nrb, int *ncb) {
 int FN(gemm_num_tiles)(int M, int N) {
     if (M <= 0 || N <= 0) return 0;
     int tm, tn, nrb, ncb;
-    FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
+    FN(gemm_grid)(M, N, MG_GEMM_MIN_TILES, &tm, &tn, &nrb, &ncb);
     return nrb * ncb;
 }
 
@@ -237,20 +238,28 @@ static void FN(gemm_naive)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA,
         }
 }
 
-/* Computes tiles tile0..tile1-1 of the grid of FN(gemm_num_tiles)(M, N); any
- * split of the tiles among threads gives the bits of one FN(gemm) call. */
-void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ldc */
-                    int ldc,
-                    const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
-                    const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
-                    int M, int N, int K, int acc, int tile0, int tile1) {
+/* Row-contiguous A (csA == 1) is read in place unless its MC rows would crowd
+ * a few L2 sets: rows a multiple of 4 KiB apart fall on 64 KiB / 2^t set
+ * offsets (a 16-way L2 with 64 KiB ways assumed). */
+static int FN(gemm_pack_a_needed)(int rsA, int csA, int mc) {
+    if (csA != 1) return 1;
+    size_t stride = (size_t)rsA * sizeof(REAL), g = 65536;
+    while (stride % g) g /= 2;
+    return mc > 16 * (int)(65536 / g);
+}
+
+/* Computes tiles tile0..tile1-1 of the grid of FN(gemm_grid)(M, N, min_tiles). */
+static void FN(gemm_run)(REAL *Cm,                           /* (M, N), row stride ldc */
+                         int ldc,
+                         const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
+                         const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
+                         int M, int N, int K, int acc, int min_tiles, int tile0, int tile1) {
     if (M <= 0 || N <= 0 || tile0 >= tile1) return;
     int tm, tn, nrb, ncb;
-    FN(gemm_grid)(M, N, &tm, &tn, &nrb, &ncb);
+    FN(gemm_grid)(M, N, min_tiles, &tm, &tn, &nrb, &ncb);
+    if (tile1 > nrb * ncb) tile1 = nrb * ncb;
     int kcmax = mg_gemm_min(MG_GEMM_KC, K > 0 ? K : 1), mcmax = mg_gemm_min(MG_GEMM_MC, tm);
-    /* row-contiguous A is read in place, unless its rows are 4 KiB apart (MR rows
-     * would then share one L1 set) */
-    int packa = csA != 1 || (size_t)rsA * sizeof(REAL) % 4096 == 0;
+    int packa = FN(gemm_pack_a_needed)(rsA, csA, mcmax);
     size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * mcmax : 0;
     /* one allocation: B panels (64-byte aligned) then A panels */
     char *mem = malloc(sizeof(REAL) * (nb + na) + 64);
@@ -296,28 +305,43 @@ void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ld
     free(mem);
 }
 
+/* Computes tiles tile0..tile1-1 of the grid of FN(gemm_num_tiles)(M, N); any
+ * split of the tiles among threads gives the bits of one FN(gemm) call. */
+void FN(gemm_tiles)(REAL *Cm,                           /* (M, N), row stride ldc */
+                    int ldc,
+                    const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
+                    const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
+                    int M, int N, int K, int acc, int tile0, int tile1) {
+    FN(gemm_run)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, MG_GEMM_MIN_TILES, tile0, tile1);
+}
+
 /* Cm (M, N) = (acc ? Cm : 0) + A (M, K) @ B (K, N), one sequential sum per element
- * over k in order; a team of threads shares the tiles when the work is large
- * enough and the caller is not already in a parallel region. */
+ * over k in order; a team of MG_GEMM_TEAM_SIZE() threads shares a grid of at
+ * least that many tiles when the work is large enough and the caller is not
+ * already in a parallel region; otherwise one thread, fewest tiles. */
 void FN(gemm)(REAL *Cm,                           /* (M, N), row stride ldc */
               int ldc,
               const REAL *A, int rsA, int csA,    /* (M, K) a(i,k) = A[i*rsA + k*csA] */
               const REAL *B, int rsB, int csB,    /* (K, N) b(k,j) = B[k*rsB + j*csB] */
               int M, int N, int K, int acc) {
-    int nt = FN(gemm_num_tiles)(M, N);
+    if (M <= 0 || N <= 0) return;
 #ifdef _OPENMP
-    int team = nt > 1 && !omp_in_parallel() && (double)M * N * K >= MG_GEMM_MIN_PAR_WORK
-                   ? MG_GEMM_TEAM_SIZE() : 1;
-    if (team > nt) team = nt;
+    int team = !omp_in_parallel() && (double)M * N * K >= MG_GEMM_MIN_PAR_WORK ? MG_GEMM_TEAM_SIZE() : 1;
     if (team > 1) {
+        int tm, tn, nrb, ncb, min_tiles = team;   /* a grid of at least team tiles */
+        FN(gemm_grid)(M, N, min_tiles, &tm, &tn, &nrb, &ncb);
+        int nt = nrb * ncb;
+        if (team > nt) team = nt;
+        if (team > 1) {
 #pragma omp parallel num_threads(team)
-        {
-            int id = omp_get_thread_num(), nth = omp_get_num_threads();
-            FN(gemm_tiles)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc,
-                           (int)((long long)nt * id / nth), (int)((long long)nt * (id + 1) / nth));
+            {
+                int id = omp_get_thread_num(), nth = omp_get_num_threads();
+                FN(gemm_run)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, min_tiles,
+                             (int)((long long)nt * id / nth), (int)((long long)nt * (id + 1) / nth));
+            }
+            return;
         }
-        return;
     }
 #endif
-    FN(gemm_tiles)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, 0, nt);
+    FN(gemm_run)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, 1, 0, INT32_MAX);
 }
