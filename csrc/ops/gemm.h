@@ -13,7 +13,11 @@
  * element's sum.  Per k block, the B block (KC x tile width) is packed into
  * NR-wide panels and A either is read in place (row-contiguous A) or packed into
  * MR-tall panels; a micro-kernel keeps an MR x NR tile of C in registers while it
- * walks k.  Results do not depend on the tiling or on the thread count. */
+ * walks k.  Results do not depend on the tiling or on the thread count.
+ *
+ * The float32 fusion needs the compiler's contraction (GCC: -O2 or more) and an
+ * FMA target (the x86-64-v3/v4 clones); a target without FMA (the default clone)
+ * computes a separate multiply and add. */
 #ifndef MG_GEMM_COMMON_H
 #define MG_GEMM_COMMON_H
 #include <stddef.h>
@@ -40,13 +44,19 @@
 #define MG_GEMM_MIN_TILES 4
 #endif
 
+/* the pack buffers' allocator (a NULL result: the slow unpacked loop) */
+#ifndef MG_GEMM_MALLOC
+#define MG_GEMM_MALLOC(n) malloc(n)
+#endif
 #define MG_GEMM_INLINE static inline __attribute__((always_inline))
-/* Blocking for the current REAL.  Register tile MR x NR with NR = NV vectors of
- * 64 bytes: float32 14 x 32, float64 12 x 16 (28 / 24 accumulators of the 32
- * zmm registers).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).
- * MC: rows of A per block (an MC x KC block of A, packed or not, stays in L2).
- * Output tiles: at most TILE_M x TILE_N (the thread-sharing unit; the B block
- * KC x tile width is packed once per tile and k block). */
+/* Blocking for the current REAL (measured on Zen 5).  Register tile MR x NR,
+ * NR = NV vectors of 64 bytes: float32 14 x 32 (28 accumulators of the 32 zmm
+ * registers, 2 B vectors), float64 6 x 32 (24 accumulators, 4 B vectors: fewer
+ * broadcasts per multiply-add pair, as the unfused float64 kernel needs all four
+ * FP pipes).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).  MC: rows
+ * of A per block (an MC x KC block of A, packed or not, stays in L2).  Output
+ * tiles: at most TILE_M x TILE_N (the thread-sharing unit; the B block KC x tile
+ * width is packed once per tile and k block). */
 #ifndef MG_GEMM_MR_F32
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
@@ -54,9 +64,9 @@
 #define MG_GEMM_MC_F32 252
 #endif
 #ifndef MG_GEMM_MR_F64
-#define MG_GEMM_MR_F64 12
-#define MG_GEMM_NV_F64 2
-#define MG_GEMM_KC_F64 256
+#define MG_GEMM_MR_F64 6
+#define MG_GEMM_NV_F64 4
+#define MG_GEMM_KC_F64 128
 #define MG_GEMM_MC_F64 192
 #endif
 #define MG_GEMM_TILE_M 1024
@@ -225,17 +235,23 @@ MG_HOT static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
 }
 
 /* The unpacked loop, for when a pack buffer cannot be had: rows i0..i1-1,
- * columns j0..j1-1, same order of operations (slow, correct). */
-static void FN(gemm_naive)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA,
-                           const REAL *B, int rsB, int csB, int K, int acc,
-                           int i0, int i1, int j0, int j1) {
-    for (int i = i0; i < i1; i++)
-        for (int j = j0; j < j1; j++) {
-            REAL s = acc ? Cm[(size_t)i * ldc + j] : (REAL)0;
-            for (int k = 0; k < K; k++)
-                s = s + A[(size_t)i * rsA + (size_t)k * csA] * B[(size_t)k * rsB + (size_t)j * csB];
-            Cm[(size_t)i * ldc + j] = s;
+ * columns j0..j1-1, each element's sum in k order (slow, correct).  k runs
+ * outside j, so a vectorized j loop multiply-adds element by element, fused
+ * exactly when the kernel's are (MG_HOT: the same clones); a reduction over k
+ * could be vectorized with rounded products. */
+MG_HOT static void FN(gemm_naive)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA,
+                                  const REAL *B, int rsB, int csB, int K, int acc,
+                                  int i0, int i1, int j0, int j1) {
+    for (int i = i0; i < i1; i++) {
+        REAL *c = Cm + (size_t)i * ldc;
+        if (!acc)
+            for (int j = j0; j < j1; j++) c[j] = 0;
+        for (int k = 0; k < K; k++) {
+            REAL a = A[(size_t)i * rsA + (size_t)k * csA];
+            const REAL *b = B + (size_t)k * rsB;
+            for (int j = j0; j < j1; j++) c[j] = c[j] + a * b[(size_t)j * csB];
         }
+    }
 }
 
 /* Row-contiguous A (csA == 1) is read in place unless its MC rows would crowd
@@ -262,7 +278,7 @@ static void FN(gemm_run)(REAL *Cm,                           /* (M, N), row stri
     int packa = FN(gemm_pack_a_needed)(rsA, csA, mcmax);
     size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * mcmax : 0;
     /* one allocation: B panels (64-byte aligned) then A panels */
-    char *mem = malloc(sizeof(REAL) * (nb + na) + 64);
+    char *mem = MG_GEMM_MALLOC(sizeof(REAL) * (nb + na) + 64);
     REAL *bp = mem ? (REAL *)(mem + (64 - (uintptr_t)mem % 64) % 64) : NULL;
     REAL *ap = bp ? bp + nb : NULL;
     for (int t = tile0; t < tile1; t++) {

@@ -10,4 +10,6 @@
 GEMM_DECL(double, f64)
 GEMM_DECL(float, f32)
 #undef GEMM_DECL
+/* set: the pack buffers cannot be allocated (the unpacked fallback runs) */
+extern int gemm_test_no_malloc;
 #endif

@@ -2,7 +2,8 @@
  * (s = acc ? c : +0.0; for k in order: s = s + a*b), float32 bit-identical to
  * the naive loop with fmaf in that order, over many shapes (edges, tiny, up to
  * ~600), the three stride patterns of the model plus a fully strided one, acc 0
- * and 1, padded strides; tile-range calls and 1 vs 2 threads give the same bits.
+ * and 1, padded strides; tile-range calls, 1 vs 2 threads and the fallback
+ * without pack buffers give the same bits.
  * Build and run: tests/c/build_gemm.sh && build/c-tests/test_gemm */
 #include <math.h>
 #include <stdint.h>
@@ -26,6 +27,7 @@ static double rndval(void) {
     return (double)(rnd() >> 11) * 0x1p-52 - 1.0;
 }
 
+int gemm_test_no_malloc;
 static int fma_mode;   /* float32 product-sums are fused (probed) */
 static int failures, checks;
 
@@ -205,6 +207,14 @@ int main(int argc, char **argv) {
                 if (v != (acc ? i + 1 : 0)) { printf("FAIL K=0 acc=%d\n", acc); failures++; break; }
             }
         }
+    /* no pack buffer: the unpacked fallback, same bits */
+    gemm_test_no_malloc = 1;
+    for (int dt = 0; dt < 2; dt++)
+        for (int pat = 0; pat < 4; pat++) {
+            shape_t s = {29 + pat, 70, 300, pat, pat & 1, 1};
+            run_case(dt, s, 1, 1);
+        }
+    gemm_test_no_malloc = 0;
     /* random shapes up to ~600 */
     for (int r = 0; r < nrandom; r++) {
         int big = rndint(2);
