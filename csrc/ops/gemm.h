@@ -49,6 +49,22 @@
 #define MG_GEMM_MALLOC(n) malloc(n)
 #endif
 #define MG_GEMM_INLINE static inline __attribute__((always_inline))
+/* clang splits 64-byte vectors in two when the target prefers 256-bit ones
+ * (-march=x86-64-v4 does) unless the function asks for 512 */
+#if defined(__has_attribute)
+#if __has_attribute(min_vector_width)
+#define MG_GEMM_WIDE __attribute__((min_vector_width(512)))
+#endif
+#endif
+#ifndef MG_GEMM_WIDE
+#define MG_GEMM_WIDE
+#endif
+/* full unrolling of the register-tile loops (constant trip counts) */
+#if defined(__clang__)
+#define MG_GEMM_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define MG_GEMM_UNROLL _Pragma("GCC unroll 16")
+#endif
 /* Blocking for the current REAL (measured on Zen 5).  Register tile MR x NR,
  * NR = NV vectors of 64 bytes: float32 14 x 32 (28 accumulators of the 32 zmm
  * registers, 2 B vectors), float64 6 x 32 (24 accumulators, 4 B vectors: fewer
@@ -120,38 +136,38 @@ MG_GEMM_INLINE void FN(gemm_ukr)(REAL *c, int ldc, const REAL *a, int rsa, const
                                  int kc, const int mr, const int packed, int load) {
     FN(gemm_v) acc[MG_GEMM_F32 ? MG_GEMM_MR_F32 : MG_GEMM_MR_F64][MG_GEMM_F32 ? MG_GEMM_NV_F32 : MG_GEMM_NV_F64];
     if (load) {
-#pragma GCC unroll 16
+MG_GEMM_UNROLL
         for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
             for (int j = 0; j < MG_GEMM_NV; j++)
                 acc[i][j] = *(const FN(gemm_vu) *)(c + (size_t)i * ldc + j * MG_GEMM_W);
     } else {
-#pragma GCC unroll 16
+MG_GEMM_UNROLL
         for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
             for (int j = 0; j < MG_GEMM_NV; j++) acc[i][j] = (FN(gemm_v)){0};
     }
     for (int k = 0; k < kc; k++) {
         const FN(gemm_v) *bk = (const FN(gemm_v) *)(b + (size_t)k * MG_GEMM_NR);
         FN(gemm_v) bv[MG_GEMM_NV];
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
         for (int j = 0; j < MG_GEMM_NV; j++) bv[j] = bk[j];
-#pragma GCC unroll 16
+MG_GEMM_UNROLL
         for (int i = 0; i < mr; i++) {
             REAL ai = packed ? a[k * MG_GEMM_MR + i] : a[(size_t)i * rsa + k];
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
             for (int j = 0; j < MG_GEMM_NV; j++) acc[i][j] = acc[i][j] + ai * bv[j];
         }
     }
-#pragma GCC unroll 16
+MG_GEMM_UNROLL
     for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
         for (int j = 0; j < MG_GEMM_NV; j++)
             *(FN(gemm_vu) *)(c + (size_t)i * ldc + j * MG_GEMM_W) = acc[i][j];
 }
 
 /* Rows 0..mr-1 (any mr >= 1) of one micro-tile, in pieces of MR, 8, 4, 2, 1 rows. */
-MG_HOT static void FN(gemm_ukr_rows)(REAL *c, int ldc, const REAL *a, int rsa, const REAL *b,
+MG_HOT MG_GEMM_WIDE static void FN(gemm_ukr_rows)(REAL *c, int ldc, const REAL *a, int rsa, const REAL *b,
                                      int kc, int mr, int packed, int load) {
     while (mr > 0) {
         int p = mr >= MG_GEMM_MR ? MG_GEMM_MR : mr >= 8 ? 8 : mr >= 4 ? 4 : mr >= 2 ? 2 : 1;
@@ -178,7 +194,7 @@ MG_HOT static void FN(gemm_ukr_rows)(REAL *c, int ldc, const REAL *a, int rsa, c
 /* Pack b(k, j), k < kc, j < n into NR-wide panels bp[j/NR][k][j%NR], zero-padded.
  * Rows of B (csB == 1) are read row by row, columns (rsB == 1) column by column,
  * one stream at a time with the next one prefetched. */
-MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
+MG_HOT MG_GEMM_WIDE static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
                                    const REAL *B,   /* b(k,j) = B[k*rsB + j*csB] */
                                    int rsB, int csB, int kc, int n) {
     int nfull = n / MG_GEMM_NR * MG_GEMM_NR, nr = n - nfull;
@@ -190,7 +206,7 @@ MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
             if (k + 2 < kc)
                 for (int j = 0; j < n; j += MG_GEMM_W) __builtin_prefetch(bk + 2 * (size_t)rsB + j);
             for (int j0 = 0; j0 < nfull; j0 += MG_GEMM_NR)
-#pragma GCC unroll 4
+MG_GEMM_UNROLL
                 for (int j = 0; j < MG_GEMM_NV; j++)
                     ((FN(gemm_v) *)(bp + (size_t)j0 * kc + (size_t)k * MG_GEMM_NR))[j] =
                         ((const FN(gemm_vu) *)(bk + j0))[j];
@@ -209,7 +225,7 @@ MG_HOT static void FN(gemm_pack_b)(REAL *bp,        /* (cdiv(n, NR), kc, NR) */
 
 /* Pack a(i, k), i < m, k < kc into MR-tall panels ap[i/MR][k][i%MR], the same
  * way (k by k for rsA == 1, row by row otherwise). */
-MG_HOT static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
+MG_HOT MG_GEMM_WIDE static void FN(gemm_pack_a)(REAL *ap,        /* (cdiv(m, MR), kc, MR) */
                                    const REAL *A,   /* a(i,k) = A[i*rsA + k*csA] */
                                    int rsA, int csA, int m, int kc) {
     int mfull = m / MG_GEMM_MR * MG_GEMM_MR;
