@@ -2,7 +2,15 @@
 # Build a C-only benchmark with the package's flags:
 #   bench/c/build.sh            bench/c/cbench      (the training loop, mg_train_steps)
 #   bench/c/build.sh adam_bound bench/c/adam_bound  (what bounds the Adam step)
+# and the floating-point peak probes, standalone, for this machine (-march=native):
+#   bench/c/build.sh peak       bench/c/peak        (from bench/c/peak.c)
+#   bench/c/build.sh peak_probe bench/c/peak_probe  (the fallback, bench/c/peak_probe.c)
 PROG=${1:-cbench}
-cd "$(dirname "$0")/../.." && exec ${CC:-gcc} -std=c11 -O3 -ffp-contract=off -fno-math-errno \
+cd "$(dirname "$0")/../.." || exit 1
+case "$PROG" in
+peak|peak_probe)
+    exec ${CC:-gcc} -std=gnu11 -O2 -march=native -fopenmp "bench/c/$PROG.c" -o "bench/c/$PROG" -lm ;;
+esac
+exec ${CC:-gcc} -std=c11 -O3 -ffp-contract=off -fno-math-errno \
     -fno-builtin-pow -fno-builtin-powf -fopenmp -g -Icsrc csrc/*.c "bench/c/$PROG.c" \
     -o "bench/c/$PROG" -lm
