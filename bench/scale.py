@@ -205,7 +205,8 @@ def try_compile(s: ScaleSize, w0: np.ndarray, budget: float):
 
 
 def sweep(sizes: List[ScaleSize], threads: int, rounds: int, min_time: float,
-          budget_per_size: float, compile_budget: float = 0.0) -> dict:
+          budget_per_size: float, compile_budget: float = 0.0,
+          compile_total: float = 0.0) -> dict:
     """Everything of the sweep measured on ``threads`` threads (the caller's
     process is fresh, with OMP_NUM_THREADS set)."""
     import microgpt_c
@@ -220,6 +221,7 @@ def sweep(sizes: List[ScaleSize], threads: int, rounds: int, min_time: float,
     except Exception as exc:               # noqa: BLE001
         out["notes"].append(f"PyTorch not available: {exc}")
         have_torch = False
+    compile_spent = 0.0
     for s in sizes:
         w0 = init_params(s)
         steppers = {"microgpt_c": make_stepper("microgpt_c", s, w0)}
@@ -227,8 +229,13 @@ def sweep(sizes: List[ScaleSize], threads: int, rounds: int, min_time: float,
         if have_torch:
             for impl in TORCH_IMPLS:
                 steppers[impl] = make_stepper(impl, s, w0)
-            if compile_budget > 0:
+            if compile_budget > 0 and compile_spent > compile_total:
+                rec["compile"] = (f"not tried (the run's compile budget of "
+                                  f"{compile_total:.0f} s is used up)")
+            elif compile_budget > 0:
+                c0 = time.perf_counter()
                 st, why = try_compile(s, w0, compile_budget)
+                compile_spent += time.perf_counter() - c0
                 rec["compile"] = why
                 if st is not None:
                     steppers["torch_compile"] = st
