@@ -37,7 +37,7 @@ SETTINGS = {
     "full": {"min_time": 0.3, "repeats": 5, "ref_steps": 5, "fingerprint_steps": 20,
              "torch_budget": 300.0, "speedup_rounds": 5,
              "scale_rounds": 5, "scale_min_time": 0.5, "scale_budget": 150.0,
-             "compile_budget": 240.0, "compile_total": 600.0, "steady_repeats": 5},
+             "compile_budget": 150.0, "compile_total": 300.0, "steady_repeats": 5},
     "quick": {"min_time": 0.05, "repeats": 3, "ref_steps": 2, "fingerprint_steps": 8,
               "torch_budget": 15.0, "speedup_rounds": 3,
               "scale_rounds": 3, "scale_min_time": 0.2, "scale_budget": 30.0,
@@ -802,6 +802,16 @@ def write_chart(results, path: Path):
 
 
 # ======================================================================== main
+def output_paths(out=None, png=None):
+    """(report, chart): where told, else in a new temporary directory (so a run
+    never overwrites the committed bench/REPORT.md / report.png unless named)."""
+    if out is None:
+        import tempfile
+        out = Path(tempfile.mkdtemp(prefix="microgpt-bench-")) / "REPORT.md"
+    out = Path(out)
+    return out, Path(png) if png else out.with_name("report.png")
+
+
 def mode_args_of(args) -> list:
     return ["--quick"] if args.quick else []
 
@@ -853,12 +863,7 @@ def main(argv=None) -> int:
     import microgpt_c
     t0 = time.perf_counter()
     load_before = load_avg()
-    if args.out is None:                # never the committed report unless asked
-        import tempfile
-        out = Path(tempfile.mkdtemp(prefix="microgpt-bench-")) / "REPORT.md"
-    else:
-        out = Path(args.out)
-    png = Path(args.png) if args.png else out.with_name("report.png")
+    out, png = output_paths(args.out, args.png)
     torch_ok = not args.no_torch and B.torch_available()
     threads = THREADS if microgpt_c.openmp_enabled() else THREADS[:1]
     results = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "mode": mode,
