@@ -775,7 +775,8 @@ def write_chart(results, path: Path):
                  ("microgpt_c", "float64", 1), ("microgpt_c", "float32", 1),
                  ("microgpt_c", "float32", 2)]
     colors = {key: f"C{i}" for i, key in enumerate(dict.fromkeys(series_b1 + series_bn))}
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    have_scale = bool(results.get("scale"))
+    fig, axes = plt.subplots(1, 3 if have_scale else 2, figsize=(21 if have_scale else 14, 5.5))
     panels = [(axes[0], series_b1, False, "one name per step: µs/step (1 thread)"),
               (axes[1], series_bn, True, "batched (B=16 at 16/16, 32 at 64/64): µs/name")]
     for ax, series, batched, title in panels:
@@ -795,10 +796,36 @@ def write_chart(results, path: Path):
         ax.set_ylabel("µs (log scale)")
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    if have_scale:
+        scale_chart(axes[2], results, np)
     fig.suptitle(f"microgpt_c training step, {results['machine']['cpu']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def scale_chart(ax, results, np):
+    """The scale sweep: ms/step (best) of each implementation and thread count."""
+    keys = [s_.key for s_ in scale.SCALE_SIZES
+            if any(s_.key in (results["scale"].get(str(n)) or {}).get("sizes", {})
+                   for n in THREADS)]
+    series = [(impl, n) for n in THREADS
+              for impl in ("microgpt_c",) + scale.TORCH_IMPLS + ("torch_compile",)
+              if any(scale_time(results, n, k, impl) for k in keys)]
+    width = 0.8 / max(len(series), 1)
+    for j, (impl, n) in enumerate(series):
+        vals = [scale_time(results, n, k, impl) for k in keys]
+        vals = [np.nan if v is None else v * 1e3 for v in vals]
+        ax.bar(np.arange(len(keys)) + (j - (len(series) - 1) / 2) * width, vals, width,
+               label=f"{impl.replace('_', ' ')}, {n} thread{'s' if n > 1 else ''}",
+               color=f"C{['microgpt_c', 'torch_masked', 'torch_sdpa', 'torch_compile'].index(impl)}",
+               hatch="//" if n > 1 else None)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(keys)), [k.replace(" B=", "\nB=") for k in keys])
+    ax.set_title("scale sweep, float32, full blocks: ms/step")
+    ax.set_ylabel("ms (log scale)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 # ======================================================================== main
