@@ -1,15 +1,24 @@
 """Benchmark microgpt_c against the reference, NumPy and PyTorch; write a report.
 
-    python bench/run.py [--quick] [--out bench/REPORT.md] [--png bench/report.png]
+    python bench/run.py [--quick] [--out REPORT.md] [--png report.png] [--json results.json]
 
 Measures the training loop (time per step, and per name when batched) over a
 matrix of sizes x implementations x dtypes x batch sizes x threads, sampling
 throughput, peak RSS of the default training run for 1000 vs 5000 steps, and
-the 2-thread speed-up with a bit-identical check; writes a Markdown report and
-a PNG chart, and prints the table.  Each thread count runs in a fresh
-subprocess with OMP_NUM_THREADS set (so the OpenMP runtime honours it); the
-baselines run in the one-thread subprocess, with single-threaded BLAS / torch.
-``--quick`` (fewer repeats, shorter timings) takes well under two minutes.
+the 2-thread speed-up with a bit-identical check; and, for issue "Fast on every
+CPU and at every size": the CPU (bench/machine.py), its floating-point peak
+(bench/peak.py: bench/c/peak or the fallback bench/c/peak_probe), the scale
+sweep against PyTorch with MFU and peak RSS (bench/scale.py), the steady state
+of long one-name-per-step runs with the subnormal Adam moments
+(bench/steady.py, against bench/baseline_steady.json), and the GEMM
+micro-benchmark (bench/gemm.py's measure(quick), if present).  Writes a Markdown
+report and a PNG chart, and prints the tables.  Each thread count runs in a
+fresh subprocess with OMP_NUM_THREADS set (so the OpenMP runtime honours it).
+
+Without --out the report goes to a new temporary directory: only a run told
+``--out bench/REPORT.md`` overwrites the committed report.  ``--quick`` (fewer
+repeats, the scale sweep at 64/64x1 and 128/128x4 only, no torch.compile) takes
+about two minutes on an idle 2-core machine; the full run about 15-20.
 """
 from __future__ import annotations
 
