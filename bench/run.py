@@ -673,7 +673,10 @@ def peak_line(results) -> list:
         return [f"- Floating-point peak: not measured ({p.get('error', 'not run')})"]
     return [f"- Floating-point peak of one thread (`{p.get('source')}`, {p.get('isa')}): "
             f"float32 {p['f32_fma_gflops']:.1f} GFLOP/s with FMA, {p['f32_nofma_gflops']:.1f} "
-            f"without; float64 {p['f64_fma_gflops']:.1f} / {p['f64_nofma_gflops']:.1f}"]
+            f"without; float64 {p['f64_fma_gflops']:.1f} / {p['f64_nofma_gflops']:.1f}"
+            + (" (the better of the runs at the start and the end: " + " / ".join(
+                f"{x:.1f}" for x in p["f32_fma_gflops_runs"]) + " float32 FMA)"
+               if len(p.get("f32_fma_gflops_runs", [])) > 1 else "")]
 
 
 def bounds_section(results) -> list:
@@ -927,6 +930,15 @@ def main(argv=None) -> int:
             scale.QUICK_SIZES if args.quick else scale.SCALE_SIZES, torch_ok)
     print("[bench] GEMM micro-benchmark (bench/gemm.py)...", file=sys.stderr, flush=True)
     results["gemm"] = gemm_section(args.quick)
+    # the peak again: other work on the machine only ever lowers a measured peak, so
+    # the MFU uses the better of the two (both are kept)
+    again = peakprobe.measure_peak()
+    first = results["peak"]
+    if "error" not in again:
+        if "error" in first or again["f32_fma_gflops"] > first["f32_fma_gflops"]:
+            results["peak"] = again
+        results["peak"]["f32_fma_gflops_runs"] = [
+            p_.get("f32_fma_gflops") for p_ in (first, again) if "error" not in p_]
     print("[bench] peak RSS of default training runs...", file=sys.stderr, flush=True)
     results["rss"] = B.measure_rss(RSS_STEPS)
     per_thread = {}
