@@ -395,7 +395,8 @@ def test_plot_without_matplotlib(tmp_path, docs_file, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert rc == 2
     assert captured.err.startswith("error: plotting needs matplotlib")
-    assert "pip install 'microgpt-c[plot]'" in captured.err
+    assert "pip install matplotlib" in captured.err and "pip install '.[plot]'" in captured.err
+    assert "microgpt-c[plot]" not in captured.err  # no such distribution on any index
     assert captured.out == "" and not (tmp_path / "o").exists()  # checked before training
 
 

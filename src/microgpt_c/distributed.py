@@ -80,7 +80,8 @@ __all__ = ["DataParallelModel", "DistributedError", "Session", "check_batch_size
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 REDUCTIONS = ("allreduce", "ordered")
-INSTALL_HINT = "pip install 'microgpt-c[mpi]' (installs mpi4py and the mpich wheel)"
+INSTALL_HINT = ("pip install mpi4py mpich (or, from a checkout of microgpt_c: "
+                "pip install '.[mpi]')")
 
 _OK, _NONFINITE, _ERROR = 0.0, 1.0, 2.0
 

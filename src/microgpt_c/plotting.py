@@ -14,7 +14,8 @@ from .errors import ConfigError, OptionalDependencyError
 
 __all__ = ["check_plot_target", "save_loss_plot"]
 
-_PLOT_HINT = "install it with: pip install 'microgpt-c[plot]' (or pip install matplotlib)"
+_PLOT_HINT = ("install it with: pip install matplotlib (or, from a checkout of microgpt_c: "
+              "pip install '.[plot]')")
 
 
 def _matplotlib():

@@ -130,7 +130,8 @@ def _add_output(g) -> None:
                    help="print only the sampled names (errors still go to stderr)")
     g.add_argument("--plot", default=_S, metavar="FILE",
                    help="save the loss curve (per-step loss and a moving average) to FILE, "
-                        "e.g. loss.png; needs matplotlib: pip install 'microgpt-c[plot]'")
+                        "e.g. loss.png; needs matplotlib: pip install matplotlib (or, from a "
+                        "checkout, pip install '.[plot]')")
     g.add_argument("--metrics-out", default=_S, metavar="FILE",
                    help='write one JSON object per step: {"step", "loss", "lr"}')
 
