@@ -132,6 +132,17 @@ def rank() -> int:
     return launched_rank() if mpi_requested() else 0
 
 
+def _update(model, s: int, num_steps: int, lr: float, beta1: float, beta2: float, eps: float,
+            options) -> float:
+    """The Adam update of step ``s`` of the summed gradients: the SPEC's, or
+    with schedule/clip/decay ``options`` GPT.step_update's; returns lr_t."""
+    if options:
+        return model.step_update(s, num_steps, lr, beta1, beta2, eps, **options)
+    lr_t = lr * (1.0 - s / num_steps)
+    model.adam_step(lr_t, s + 1, beta1, beta2, eps)
+    return lr_t
+
+
 def check_batch_size(batch_size: int, size: int) -> None:
     """ConfigError unless ``batch_size`` is a multiple of the number of ranks."""
     if size > 1 and batch_size % size:
@@ -606,14 +617,17 @@ class DataParallelModel:
     # ---------------------------------------------------------------- training
     def train_steps(self, corpus, doc_starts, step0: int, n_steps: int, num_steps: int,
                     batch_size: int = 1, lr: float = 0.01, beta1: float = 0.85,
-                    beta2: float = 0.99, eps: float = 1e-8):
+                    beta2: float = 0.99, eps: float = 1e-8, **options):
         """``GPT.train_steps`` data-parallel: step ``s`` trains on documents
         ``(s * batch_size + b) % n_docs``, this rank on its share of ``b``;
         the gradients are summed over the ranks, then every rank applies
         Adam with ``lr_t = lr * (1 - s / num_steps)`` at ``t = s + 1``.
         Returns ``(losses, lrs)`` (whole-batch losses).  A non-finite loss
         raises NonFiniteLossError (``.step``, ``.losses``) and a failing rank
-        DistributedError, on every rank, at that step, without its update."""
+        DistributedError, on every rank, at that step, without its update.
+        ``options`` (warmup_steps, lr_schedule, min_lr, weight_decay,
+        grad_clip) are ``GPT.train_steps``'s, applied to the summed gradients
+        by ``GPT.step_update``."""
         step0, n_steps, num_steps = int(step0), int(n_steps), int(num_steps)
         batch_size = int(batch_size)
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
@@ -655,11 +669,11 @@ class DataParallelModel:
             if sess is not None:
                 loss, lr_t = self._mpi_step(corpus, starts_list, n_docs, first, per,
                                             batch_size, s, num_steps, lr, beta1, beta2, eps,
-                                            losses[:i])
+                                            losses[:i], options)
             else:
                 loss, lr_t = self._local_step(corpus, starts_list, n_docs, first, per,
                                               batch_size, s, num_steps, lr, beta1, beta2,
-                                              eps, losses[:i])
+                                              eps, losses[:i], options)
             losses[i], lrs[i] = loss, lr_t
         return losses, lrs
 
@@ -682,7 +696,7 @@ class DataParallelModel:
         return err
 
     def _local_step(self, corpus, starts, n_docs, first, per, batch_size, s, num_steps,
-                    lr, beta1, beta2, eps, done):
+                    lr, beta1, beta2, eps, done, options=None):
         """The K shares one after the other in this process, their gradients
         summed in rank order (as ``reduction="ordered"`` does, and as any
         Allreduce does for K = 2)."""
@@ -719,8 +733,7 @@ class DataParallelModel:
         if not _all_finite(model.flat_grads):
             model.zero_grad()
             raise self._nonfinite(float("nan"), s, done, "gradient")
-        lr_t = lr * (1.0 - s / num_steps)
-        model.adam_step(lr_t, s + 1, beta1, beta2, eps)
+        lr_t = _update(model, s, num_steps, lr, beta1, beta2, eps, options)
         st = self.stats
         st["compute"] += t1 - t0
         st["reduce"] += t2 - t1
@@ -729,7 +742,7 @@ class DataParallelModel:
         return loss, lr_t
 
     def _mpi_step(self, corpus, starts, n_docs, first, per, batch_size, s, num_steps,
-                  lr, beta1, beta2, eps, done):
+                  lr, beta1, beta2, eps, done, options=None):
         sess = self.session
         assert sess is not None
         MPI, comm, model, K = sess.MPI, sess.comm, self.model, sess.size
@@ -790,8 +803,7 @@ class DataParallelModel:
         total = float(every[0, 0])
         for k in range(1, K):
             total += float(every[k, 0])
-        lr_t = lr * (1.0 - s / num_steps)
-        model.adam_step(lr_t, s + 1, beta1, beta2, eps)
+        lr_t = _update(model, s, num_steps, lr, beta1, beta2, eps, options)
         self.stats["update"] += time.perf_counter() - t2
         self.stats["steps"] += 1
         return total, lr_t
