@@ -114,7 +114,9 @@ def _add_data_model(g, d: TrainConfig) -> None:
 def _add_training(g, d: TrainConfig) -> None:
     g.add_argument("--steps", type=positive_int, default=_S, metavar="N",
                    help=f"total training steps; the learning rate decays linearly to 0 over "
-                        f"them (default: {d.steps})")
+                        f"them (default: {d.steps}); with --resume, a larger N extends the run "
+                        "(even a finished one): from the current step s0 on, lr_t is the "
+                        "schedule computed over the new total N (linear: lr * (1 - s / N))")
     g.add_argument("--batch-size", type=positive_int, default=_S, metavar="N",
                    help=f"documents per step; 1 is exactly the original program "
                         f"(default: {d.batch_size})")
@@ -224,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "per line, and print sampled new ones. With no arguments it reproduces "
                     "the original microgpt program.",
         epilog="With --resume, settings not given are taken from the checkpoint; giving a "
-               "setting that defines the run (data, steps, model size, batch size, lr, seed, "
-               "dtype) with a different value is an error.")
+               "setting that defines the run (data, data mode, validation split, model size, "
+               "batch size, lr and its schedule, weight decay, clipping, betas, seed, dtype) "
+               "with a different value is an error, except a larger --steps, which extends "
+               "the run. Every flag can also come from --config FILE.toml.")
     _add_data_model(p.add_argument_group("data and model"), d)
     _add_training(p.add_argument_group("training"), d)
     _add_checkpoints(p.add_argument_group("checkpoints"))
