@@ -211,8 +211,21 @@ def test_keep_best_and_val_in_the_checkpoint(source, tmp_path):
     assert best.train.step == best_step
     assert last.train.train_config["val_history"] == [list(x) for x in res.val_losses]
     assert best.train.train_config["val_history"][-1] == [best_step, best_loss]
-    with pytest.raises(microgpt_c.ConfigError, match="keep-best needs"):
+    with pytest.raises(microgpt_c.ConfigError, match="keep-best needs an output"):
         microgpt_c.train(text_cfg(keep_best=True, val_fraction=0.2), source)
+    with pytest.raises(microgpt_c.ConfigError, match="keep-best needs a validation split"):
+        microgpt_c.train(text_cfg(keep_best=True), source, out=tmp_path / "x")
+
+
+def test_malformed_histories_in_a_checkpoint_are_ignored(tmp_path):
+    docs = _docs()
+    microgpt_c.train(TrainConfig(steps=20, num_samples=0), docs, out=tmp_path, stop_after=10)
+    c = ck.load_checkpoint(tmp_path)
+    c.train.train_config["schedule_history"] = "garbage"
+    c.train.train_config["val_history"] = [[1, "x"]]
+    straight = microgpt_c.train(TrainConfig(steps=20, num_samples=0), docs)
+    rest = microgpt_c.train(None, docs, resume=c)
+    assert rest.losses == straight.losses and rest.val_losses == []
 
 
 # ------------------------------------------------------------------ extending a run

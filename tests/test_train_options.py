@@ -129,3 +129,25 @@ def test_schedule_bad_settings():
         _core.schedule_lr(0, 10, 0.01, min_lr=0.1)
     with pytest.raises(ValueError, match="lr_schedule"):
         _core.schedule_lr(0, 10, 0.01, lr_schedule="step")
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_options_through_the_data_parallel_path(shards):
+    """DataParallelModel (the MPI code path, here its shards in one process)
+    applies the same schedule, clipping and decay to the summed gradients."""
+    from microgpt_c.distributed import DataParallelModel
+
+    tok = data_mod.Tokenizer(DOCS * 4)
+    corpus, starts = data_mod.pack_corpus(tok, DOCS * 4)
+    opts = dict(warmup_steps=2, lr_schedule="cosine", min_lr=0.001, weight_decay=0.1,
+                grad_clip=0.3)
+    a = mc.GPT(tok.vocab_size, 1, 8, 2, 8, "float64", max_tokens=8 * 4)
+    b = mc.GPT(tok.vocab_size, 1, 8, 2, 8, "float64", max_tokens=8 * 4)
+    a.init_weights(random.Random(2))
+    b.init_weights(random.Random(2))
+    la, ra = a.train_steps(corpus, starts, 0, 10, 10, 4, 0.01, **opts)
+    lb, rb = DataParallelModel(b, shards=shards).train_steps(corpus, starts, 0, 10, 10, 4,
+                                                             0.01, **opts)
+    assert np.array_equal(ra, rb)
+    _close(lb, la)
+    _close(b.flat_params, a.flat_params)

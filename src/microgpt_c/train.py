@@ -622,7 +622,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
         where = (f"; checkpoint saved to {exc.checkpoint} (continue with --resume "
                  f"{exc.checkpoint})" if exc.checkpoint is not None
                  else " (no --out given: nothing saved)")
-        print(f"interrupted after step {exc.step}{where}", file=messages.err)
+        ema = outputs.progress.ema if outputs.progress is not None else None
+        loss = f"; smoothed loss {ema:.4f}" if ema is not None else ""
+        print(f"interrupted after step {exc.step}{where}{loss}", file=messages.err)
         return 130
     except KeyboardInterrupt:
         outputs.close_progress(interrupted=True)

@@ -137,6 +137,8 @@ def _check_run_options(cfg: TrainConfig, dp, out: Optional[PathArg], ckpt: Optio
             raise ConfigError("save-every needs an output directory (--out)")
     if cfg.keep_best and out is None:
         raise ConfigError("keep-best needs an output directory (--out)")
+    if cfg.keep_best and not cfg.val_fraction:
+        raise ConfigError("keep-best needs a validation split (--val-fraction)")
     if stop_after is None:
         return cfg.steps
     return min(positive_int(stop_after, "stop-after"), cfg.steps)
@@ -291,11 +293,11 @@ def _build_model(cfg: TrainConfig, documents: List[str], data_sha: str,
         step = ckpt.train.step
         history = list(ckpt.train.losses[:step])
         tc = ckpt.train.train_config
-        schedule = [list(x) for x in tc.get("schedule_history") or
-                    [[0, int(ckpt.train.num_steps)]]]
+        schedule = _pairs(tc.get("schedule_history"), int, int) or \
+            [[0, int(ckpt.train.num_steps)]]
         if schedule[-1][1] != cfg.steps:  # extending the run: the schedule over the new total
             schedule.append([int(step), int(cfg.steps)])
-        val_history = [list(x) for x in tc.get("val_history", []) if x[0] <= step]
+        val_history = [x for x in _pairs(tc.get("val_history"), int, float) if x[0] <= step]
     else:
         model.init_weights(rng)
         step = 0
@@ -314,6 +316,20 @@ def _build_model(cfg: TrainConfig, documents: List[str], data_sha: str,
     model.train_state.train_config["schedule_history"] = schedule
     model.train_state.train_config["val_history"] = val_history
     return model
+
+
+def _pairs(value: Any, first: type, second: type) -> List[List[Any]]:
+    """A checkpoint's list of [a, b] pairs (schedule or validation history),
+    or [] if it is missing or malformed."""
+    if not isinstance(value, list):
+        return []
+    out = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item)):
+            return []
+        out.append([first(item[0]), second(item[1])])
+    return out
 
 
 def _keep_steps_before_failure(err: NonFiniteLossError, state: TrainState,
@@ -441,9 +457,10 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
 
     * ``config``: a :class:`TrainConfig` (default: the SPEC's settings, or with
       ``resume``, the checkpoint's).
-    * ``data``: a path to a text file (one document per line), a list of
-      documents, or None for ``config.data`` / ``input.txt`` / the built-in
-      names.  ``docs=`` is an alias.
+    * ``data``: a path to a text file (one document per line; with
+      ``data_mode="text"`` one character stream), a list of documents (text
+      mode: joined with newlines), or None for ``config.data`` /
+      ``input.txt`` / the built-in names.  ``docs=`` is an alias.
     * ``resume``: a checkpoint (path, run directory or :class:`Checkpoint`)
       to continue exactly; the data must be the same (checked by SHA-256) and
       ``config`` must agree on every setting of :data:`RUN_FIELDS`.
