@@ -464,3 +464,13 @@ def test_options_through_train_match_the_reference():
     for name, value in r.model.params.items():
         scale = np.max(np.abs(value))
         assert np.max(np.abs(c.model.params[name] - value)) <= 1e-12 * scale
+
+
+def test_plot_draws_the_validation_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    from microgpt_c.plotting import save_loss_plot
+
+    a = save_loss_plot([3.0, 2.5, 2.0, 1.8] * 10, tmp_path / "a.svg")
+    b = save_loss_plot([3.0, 2.5, 2.0, 1.8] * 10, tmp_path / "b.svg",
+                       val_losses=[(10, 2.9), (20, 2.4), (40, 2.2)])
+    assert "validation loss" in b.read_text() and "validation loss" not in a.read_text()
