@@ -151,3 +151,26 @@ def test_options_through_the_data_parallel_path(shards):
     assert np.array_equal(ra, rb)
     _close(lb, la)
     _close(b.flat_params, a.flat_params)
+
+
+def test_schedule_in_the_threaded_team_path():
+    """A batch big enough for the persistent team (model_impl.h's
+    train_steps_team) uses the same schedule, for any thread count."""
+    r = random.Random(0)
+    docs = ["".join(r.choice("abcdefghij") for _ in range(70)) for _ in range(64)]
+    tok = data_mod.Tokenizer(docs)
+    corpus, starts = data_mod.pack_corpus(tok, docs)
+    opts = dict(warmup_steps=2, lr_schedule="cosine", min_lr=0.001)
+    out = []
+    before = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            m = mc.GPT(tok.vocab_size, 1, 64, 4, 64, "float32", max_tokens=64 * 32)
+            m.init_weights(random.Random(1))
+            losses, lrs = m.train_steps(corpus, starts, 0, 4, 6, 32, 0.01, **opts)
+            out.append((losses.tobytes(), m.flat_params.tobytes()))
+            assert lrs.tolist() == [_core.schedule_lr(s, 6, 0.01, **opts) for s in range(4)]
+    finally:
+        _core.set_num_threads(before)
+    assert out[0] == out[1]
