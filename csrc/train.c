@@ -6,6 +6,12 @@
  * threads, model_impl.h's train_steps_team, the same step threaded); a
  * data-parallel caller runs its share with mg_step_share, sums the shares'
  * gradients and applies mg_step_update.
+ *
+ * The schedule (mg_schedule, microgpt.h) may add a warmup, a cosine or
+ * constant schedule and a floor (mg_schedule_lr, used by the team too), and
+ * gradient clipping and decoupled weight decay: a step with either of those
+ * runs unfused and outside the team (accumulate, clip_and_decay, then the
+ * checked Adam step), never touching the fused kernels.
  */
 #include "model_internal.h"
 

@@ -176,7 +176,8 @@ def _add_checkpoints(g) -> None:
 
 def _add_sampling(g, d: TrainConfig) -> None:
     g.add_argument("--num-samples", type=nonneg_int, default=_S, metavar="N",
-                   help=f"names to sample after training (default: {d.num_samples})")
+                   help=f"names (text mode: text blocks) to sample after training "
+                        f"(default: {d.num_samples})")
     g.add_argument("--temperature", type=positive_float, default=_S, metavar="T",
                    help=f"sampling temperature > 0; lower is more conservative "
                         f"(default: {d.temperature})")
