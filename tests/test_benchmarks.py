@@ -217,11 +217,14 @@ def test_steady_state_late_steps_not_slower(data, one_thread):
 
 
 def gemm_f32_gflops(res: dict):
-    """The best float32 GFLOP/s in bench/gemm.py's measure() result: rows
-    [{"dtype": "float32", "gflops": ...}, ...] (rows without a dtype count as
-    float32), or a top-level "f32_gflops"; None if neither is there."""
-    vals = [r["gflops"] for r in res.get("rows", []) if isinstance(r, dict)
-            and isinstance(r.get("gflops"), (int, float))
+    """The best float32 GFLOP/s in bench/gemm.py's measure() result: its
+    "cases" [{"dtype": "float32", "ours_gflops": ...}, ...] (or "rows" with
+    "gflops"; rows without a dtype count as float32), or a top-level
+    "f32_gflops"; None if none is there."""
+    rows = [(r, "ours_gflops") for r in res.get("cases", [])] + \
+        [(r, "gflops") for r in res.get("rows", [])]
+    vals = [r[key] for r, key in rows if isinstance(r, dict)
+            and isinstance(r.get(key), (int, float))
             and str(r.get("dtype", "float32")) in ("float32", "f32")]
     if isinstance(res.get("f32_gflops"), (int, float)):
         vals.append(res["f32_gflops"])
