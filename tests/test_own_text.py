@@ -400,6 +400,8 @@ def test_progress_ema_val_metrics_and_summary():
     rows = [json.loads(x) for x in metrics.getvalue().splitlines()]
     assert [("val_loss" in r) for r in rows] == [False, False, False, True]
     assert Progress("steps", 4, 4, out, err).summary(1.0) is None
+    # a resumed run: the best of the whole run's history
+    assert prog.summary(2.0, [(2, 1.2), (4, 1.5)]).endswith("best val loss 1.2000 (step 2)")
 
 
 def test_bar_shows_smoothed_and_val_loss_and_interrupt_clears_it():

@@ -87,8 +87,9 @@ def test_sdist_contents(dist):
     with tarfile.open(sdist) as tf:
         names = [n.split("/", 1)[1] for n in tf.getnames() if "/" in n]
     for required in ("pyproject.toml", "setup.py", "MANIFEST.in", "CHANGELOG.md", "LICENSE",
-                     "csrc/microgpt.h", "csrc/microgpt.c", "csrc/kernels_impl.h",
-                     "src/microgpt_c/_core.pyx", "src/microgpt_c/_kernels.pyx",
+                     "csrc/microgpt.h", "csrc/train.c", "csrc/model_impl.h",
+                     "csrc/ops/matmul.h",
+                     "src/microgpt_c/_core.pyx", "src/microgpt_c/_kernels.pxi",
                      "src/microgpt_c/_cmicrogpt.pxd", "src/microgpt_c/_version.py",
                      "src/microgpt_c/py.typed", "src/microgpt_c/_core.pyi"):
         assert required in names, required
@@ -102,7 +103,8 @@ def test_wheel_contents(dist):
         names = zf.namelist()
     pkg = [n for n in names if n.startswith("microgpt_c/")]
     assert any(n.startswith("microgpt_c/_core.") and n.endswith((".so", ".pyd")) for n in pkg)
-    assert any(n.startswith("microgpt_c/_kernels.") and n.endswith((".so", ".pyd")) for n in pkg)
+    # the kernels are compiled into _core; _kernels.py re-exports them
+    assert "microgpt_c/_kernels.py" in names
     for required in ("microgpt_c/py.typed", "microgpt_c/_core.pyi", "microgpt_c/_kernels.pyi",
                      "microgpt_c/_build_config.py", "microgpt_c/train.py",
                      "microgpt_c/sample.py", "microgpt_c/checkpoint.py"):

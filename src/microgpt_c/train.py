@@ -338,17 +338,21 @@ class Progress:
                 text += f" | val {self.val:.4f}"
             self.bar.set_postfix_str(text, refresh=False)
 
-    def summary(self, seconds: float) -> Optional[str]:
+    def summary(self, seconds: float,
+                val_losses: Optional[List[Tuple[int, float]]] = None) -> Optional[str]:
         """One line about the steps this run trained in ``seconds`` (None if
-        none, or in 'steps' mode, whose lines stay the SPEC's)."""
+        none, or in 'steps' mode, whose lines stay the SPEC's); the best of
+        ``val_losses`` (the whole run's, a resumed one's included), else of
+        the validation losses seen."""
         if self.mode in ("steps", "none") or self.first_step is None or self.last_step is None:
             return None
         done = self.last_step - self.first_step + 1
         rate = done / seconds if seconds > 0 else float("inf")
         line = (f"done: {done} steps in {seconds:.2f} s ({rate:.0f} steps/s) | smoothed loss "
                 f"{self.ema:.4f}")
-        if self.best_val is not None:
-            line += f" | best val loss {self.best_val[1]:.4f} (step {self.best_val[0]})"
+        best = min(val_losses, key=lambda x: x[1]) if val_losses else self.best_val
+        if best is not None:
+            line += f" | best val loss {best[1]:.4f} (step {best[0]})"
         return line
 
     def close(self, newline: bool = True, interrupted: bool = False) -> None:
@@ -458,7 +462,7 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
                    stop_after=opts.get("stop_after"), info=messages.info,
                    on_eval=progress.on_eval)
     progress.close(newline=False)  # the header below starts with one, as the original's
-    summary = progress.summary(result.seconds)
+    summary = progress.summary(result.seconds, result.val_losses)
     if summary is not None:
         messages.info(summary)
     if result.checkpoint is not None:
