@@ -1,5 +1,5 @@
 """This core's measured floating-point peak (used by bench/run.py for the MFU
-and by tests/test_benchmarks.py for the GEMM ratio).
+and by bench/test_speed.py for the GEMM ratio).
 
 Runs ``bench/c/peak`` (built from ``bench/c/peak.c``) on one thread, or, if
 that source is absent or does not build, the fallback ``bench/c/peak_probe``

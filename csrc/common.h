@@ -123,7 +123,17 @@ static inline mg_fp_state_t mg_fp_enter_state(mg_fp_state_t caller) {
 /* An OpenMP parallel loop whose threads run in the calling thread's
  * floating-point environment (and return to their own after it):
  *   MG_PAR_FOR(schedule(static), for (...) body;) */
-#define MG_PAR_FOR(SCHED, ...)                                                      do {                                                                                const mg_fp_state_t mg_fp_caller_ = mg_fp_get();                                MG_PRAGMA(omp parallel num_threads(mg_team_size()))                             {                                                                                   const mg_fp_state_t mg_fp_own_ = mg_fp_get();                                   if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_caller_);                      MG_PRAGMA(omp for SCHED)                                                        __VA_ARGS__                                                                     if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_own_);                     }                                                                           } while (0)
+#define MG_PAR_FOR(SCHED, ...)                                                  \
+    do {                                                                        \
+        const mg_fp_state_t mg_fp_caller_ = mg_fp_get();                        \
+        MG_PRAGMA(omp parallel num_threads(mg_team_size()))                     \
+        {                                                                       \
+            const mg_fp_state_t mg_fp_own_ = mg_fp_enter_state(mg_fp_caller_);  \
+            MG_PRAGMA(omp for SCHED)                                            \
+            __VA_ARGS__                                                         \
+            mg_fp_set(mg_fp_own_);                                              \
+        }                                                                       \
+    } while (0)
 
 /* Named variants of the ops (each can be forced for tests and benchmarks;
  * the rule that picks one lives next to the op). */
