@@ -30,12 +30,12 @@ static FN(adam_ctx_t) FN(adam_ctx)(double lr_t, double beta1, double beta2, doub
     A.m = A.v = NULL;
     /* (see FN(adam_quiet_elem): |update| <= |lr| ibc1 2^-958 / e + 2^-1000,
      * which changes no |p| > 2^55 times that) */
-    A.quiet_ok = !MG_RELAXED && A.e > 0 && isfinite(A.e) && isfinite(A.lr) &&
-                 isfinite(A.ibc1) && isfinite(A.ibc2) && A.b1 >= 0x1p-1022 && A.b1 < 1 &&
-                 A.b2 >= 0x1p-1022 && A.b2 < 1;
-    A.quiet_p_min = A.quiet_ok ? (REAL)((fabs(lr_t) * (double)A.ibc1 * 0x1p-958 / eps + 0x1p-1000) *
-                                        0x1p55)
-                               : 0;
+    A.quiet_ok = !MG_RELAXED && mg_adam_quiet_path() && A.e > 0 && isfinite(A.e) &&
+                 isfinite(A.lr) && isfinite(A.ibc1) && isfinite(A.ibc2) &&
+                 A.b1 >= 0x1p-1022 && A.b1 < 1 && A.b2 >= 0x1p-1022 && A.b2 < 1;
+    A.quiet_p_min = 0;
+    if (A.quiet_ok)
+        A.quiet_p_min = (REAL)((fabs(lr_t) * (double)A.ibc1 * 0x1p-958 / eps + 0x1p-1000) * 0x1p55);
     if (!isfinite(A.quiet_p_min)) A.quiet_ok = 0;
     return A;
 }
@@ -70,7 +70,10 @@ static FN(adam_ctx_t) FN(adam_ctx)(double lr_t, double beta1, double beta2, doub
  *        p - update rounds to p; with m' = +-0 the update is the signed zero
  *        lr (m' ibc1) (0 / den keeps the numerator's sign, den >= e > 0);
  *        otherwise (tiny p) the formula in floating point, exact anyway.
- * tests/test_layout.py checks these bits against NumPy's IEEE arithmetic. */
+ * It is a variant (MG_OP_ADAM): taken where subnormal arithmetic is slow
+ * (mg_adam_quiet_path), with the same bits as the plain update;
+ * tests/test_fpenv.py checks both against NumPy's IEEE arithmetic and
+ * against each other over a long run. */
 #define MG_ABS_BITS 0x7fffffffffffffffull
 #define MG_TINY_BITS 0x03f0000000000000ull   /* 2^-960 */
 
@@ -137,32 +140,41 @@ __attribute__((noinline)) static void FN(adam_quiet_elem)(REAL *p, REAL *m, REAL
     else if (!(fabs(*p) > A->quiet_p_min)) *p = *p - lr * (mi * ibc1) / (SQRT(vi * ibc2) + e);
 }
 
-/* n elements from gradients g, in blocks of MG_LANES: a block with no quiet
- * element is the plain (vectorised) update. */
-MG_INLINE void FN(adam_exact_loop)(REAL *p, REAL *m, REAL *v, const REAL *g, REAL *clear,
-                                   size_t n, const FN(adam_ctx_t) *A) {
+/* n elements from gradients g, in chunks: a chunk with no quiet element is
+ * the plain (vectorised) loop; otherwise the quiet elements are set aside
+ * (their moments zeroed, so the plain loop meets no subnormal and leaves
+ * them as they were), the plain loop runs, and they get the quiet path. */
+MG_INLINE void FN(adam_exact_loop)(REAL *restrict p, REAL *restrict m, REAL *restrict v,
+                                   const REAL *g, REAL *clear, size_t n,
+                                   const FN(adam_ctx_t) *A) {
     MG_ADAM_LOCALS(A);
-    enum { NB = MG_LANES };
-    size_t i0 = 0;
-    for (; i0 + NB <= n; i0 += NB) {
-        int quiet = 0;
-        for (int l = 0; l < NB; l++) quiet |= FN(adam_is_quiet)(g[i0 + l], m[i0 + l]);
-        if (!quiet || !A->quiet_ok) {
-            for (int l = 0; l < NB; l++) MG_ADAM_ELEM(p, m, v, i0 + l, g[i0 + l]);
-        } else {
-            for (int l = 0; l < NB; l++) {
-                const size_t i = i0 + l;
-                if (FN(adam_is_quiet)(g[i], m[i])) FN(adam_quiet_elem)(p + i, m + i, v + i, g[i], A);
-                else MG_ADAM_ELEM(p, m, v, i, g[i]);
-            }
+    enum { CH = 256 };
+    for (size_t c0 = 0; c0 < n; c0 += CH) {
+        const int len = n - c0 < CH ? (int)(n - c0) : CH;
+        REAL *restrict pc = p + c0, *restrict mc = m + c0, *restrict vc = v + c0;
+        const REAL *gc = g + c0;
+        int nq = 0;
+        if (A->quiet_ok)
+            for (int i = 0; i < len; i++) nq += FN(adam_is_quiet)(gc[i], mc[i]);
+        int idx[CH];
+        REAL sp[CH], sm[CH], sv[CH];
+        if (nq > 0) {
+            int k = 0;
+            for (int i = 0; i < len; i++)
+                if (FN(adam_is_quiet)(gc[i], mc[i])) {
+                    idx[k] = i; sp[k] = pc[i]; sm[k] = mc[i]; sv[k] = vc[i];
+                    mc[i] = 0; vc[i] = 0;
+                    k++;
+                }
+        }
+        for (int i = 0; i < len; i++) MG_ADAM_ELEM(pc, mc, vc, i, gc[i]);
+        for (int k = 0; k < nq; k++) {
+            const int i = idx[k];
+            pc[i] = sp[k]; mc[i] = sm[k]; vc[i] = sv[k];
+            FN(adam_quiet_elem)(pc + i, mc + i, vc + i, gc[i], A);
         }
         if (clear != NULL)
-            for (int l = 0; l < NB; l++) clear[i0 + l] = 0;
-    }
-    for (size_t i = i0; i < n; i++) {
-        if (A->quiet_ok && FN(adam_is_quiet)(g[i], m[i])) FN(adam_quiet_elem)(p + i, m + i, v + i, g[i], A);
-        else MG_ADAM_ELEM(p, m, v, i, g[i]);
-        if (clear != NULL) clear[i] = 0;
+            for (int i = 0; i < len; i++) clear[c0 + i] = 0;
     }
 }
 #endif
