@@ -144,9 +144,10 @@ enum { MG_VARIANT_AUTO = -1 };
  * (ops/gemm.h: large products, forward and both backward halves) */
 enum { MG_MM_TOKEN_LANES = 0, MG_MM_WT = 1, MG_MM_GEMM = 2, MG_MM_NUM_VARIANTS = 3 };
 /* attention: rows (scalar, any shape), query lanes (one document, lanes
- * over queries), channel lanes (small heads, lanes over channels) */
-enum { MG_ATT_ROWS = 0, MG_ATT_QUERY_LANES = 1, MG_ATT_CHANNEL_LANES = 2,
-       MG_ATT_NUM_VARIANTS = 3 };
+ * over queries), channel lanes (small heads, lanes over channels), gemm
+ * (long documents: query blocks through the packed GEMM) */
+enum { MG_ATT_ROWS = 0, MG_ATT_QUERY_LANES = 1, MG_ATT_CHANNEL_LANES = 2, MG_ATT_GEMM = 3,
+       MG_ATT_NUM_VARIANTS = 4 };
 /* float64 Adam: the plain update, or the quiet path for zero-gradient
  * elements with tiny moments (ops/adam.h); the same bits either way */
 enum { MG_ADAM_PLAIN = 0, MG_ADAM_QUIET = 1, MG_ADAM_NUM_VARIANTS = 2 };

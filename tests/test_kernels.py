@@ -339,9 +339,32 @@ class MatmulGemm(Matmul):
                      x["weight"])
 
 
+class AttentionGemm(Attention):
+    """The query-block GEMM variant forced on short documents too (the model
+    takes it from 48 tokens): every block edge case of small shapes."""
+    name = "attention_gemm"
+    shapes = [(1, 0, 16, 4, 1), (5, 0, 12, 3, 5), (6, 0, 24, 3, 9), (4, 0, 8, 1, 4),
+              (16, 0, 16, 4, 16), (20, 0, 10, 2, 23)]
+    backward_shapes = None
+
+    def forward(self, x):
+        K.force_variant("attention", "gemm")
+        try:
+            return super().forward(x)
+        finally:
+            K.force_variant("attention", "auto")
+
+    def backward(self, x, fwd, dout, grads):
+        K.force_variant("attention", "gemm")
+        try:
+            super().backward(x, fwd, dout, grads)
+        finally:
+            K.force_variant("attention", "auto")
+
+
 # every float64 forward kernel must be bit-identical to the reference
-OPS = [Encoder(), RMSNorm(), Matmul(), MatmulGemm(), Attention(), Relu(), Residual(),
-       CrossEntropy()]
+OPS = [Encoder(), RMSNorm(), Matmul(), MatmulGemm(), Attention(), AttentionGemm(), Relu(),
+       Residual(), CrossEntropy()]
 
 
 def cases(kind):
@@ -472,6 +495,10 @@ ATTENTION_PATH_SHAPES = [
     (16, 0, 32, 4, 16), (11, 0, 32, 2, 13), (6, 0, 32, 16, 6), (13, 0, 64, 4, 14),
     (4, 0, 64, 16, 4), (10, 0, 24, 6, 10), (8, 0, 24, 2, 8), (1, 9, 16, 4, 16),
     (3, 5, 32, 8, 10), (2, 15, 8, 4, 17), (1, 70, 16, 4, 80), (66, 0, 16, 4, 66),
+    # the gemm variant (documents of >= 48 tokens with heads of >= 32, of >=
+    # 128 with heads of 16): one query block, two (64 + 6), three with a
+    # ragged head width
+    (50, 0, 64, 2, 56), (70, 0, 96, 3, 70), (130, 0, 36, 2, 131),
 ]
 ATTENTION_PATH_CASES = [pytest.param(s, id="x".join(map(str, s))) for s in ATTENTION_PATH_SHAPES]
 

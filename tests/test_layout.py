@@ -147,7 +147,7 @@ def test_attention_forward_variants_are_bit_identical(N, C, NH, auto_variants):
     r = np.random.default_rng(N * C)
     q, k, v = (r.standard_normal((N, C)) for _ in range(3))
     outs = {}
-    for variant in ("rows", "query_lanes", "channel_lanes"):
+    for variant in ("rows", "query_lanes", "channel_lanes", "gemm"):
         K.force_variant("attention", variant)
         out, att = np.zeros((N, C)), np.zeros((N, NH, N))
         K.attention_forward(out, att, q, k, v)
@@ -162,6 +162,8 @@ def test_attention_variant_rule():
     assert K.attention_variant(7, 0, 16, 4) == "channel_lanes"    # small heads, short
     assert K.attention_variant(100, 0, 64, 4) == "query_lanes"    # one document
     assert K.attention_variant(1, 200, 64, 4) == "rows"           # inference, long cache
+    assert K.attention_variant(64, 0, 128, 4) == "gemm"           # long document, wide heads
+    assert K.attention_variant(200, 0, 64, 4) == "gemm"           # longer, heads of 16
     with pytest.raises(ValueError):
         K.force_variant("attention", "nonsense")
     with pytest.raises(ValueError):

@@ -13,7 +13,10 @@
  *   query lanes    one document (p0 = 0) that fits the stack scratch: lanes
  *                  over MG_LANES consecutive queries;
  *   channel lanes  heads that pack into a register (HS | MG_LANES | C) and
- *                  at most MG_ATT_LANES_MAX_KEYS keys: lanes over channels.
+ *                  at most MG_ATT_LANES_MAX_KEYS keys: lanes over channels;
+ *   gemm           long documents (p0 = 0): per head, blocks of queries whose
+ *                  scores, outputs and every backward product go through the
+ *                  packed GEMM (ops/gemm.h), the softmax in place in att.
  * Every forward variant is bit-identical to the reference in float64; the
  * backward variants agree to rounding (each a fixed order).
  */
@@ -261,6 +264,171 @@ MG_HOT static void FN(attention_backward_doc)(REAL *dq, REAL *dk, REAL *dv, cons
     }
 }
 
+/* ------------------------------------------------------------- gemm */
+/* One document (p0 = 0) of n tokens, head by head, in blocks of MG_ATT_QB
+ * queries: block [i0, i1) needs the keys 0 .. i1-1 only, so the causal mask
+ * wastes at most the diagonal block.  The scores of a block are a GEMM
+ * written straight into its rows of att (row (i, h) has T entries, T >= n),
+ * softmaxed in place (weights of keys i < t < i1 set to 0), and the outputs
+ * the GEMM of those weights with v.
+ *
+ * Exactness of the forward (float64 bit-identical to attention_forward_rows):
+ * each score is the gemm's sequential sum 0 + q0 k0 + q1 k1 + ... then times
+ * scale; the max, exps, sum and reciprocal are the same scalar operations in
+ * the same order; each output is 0 + w_0 v_0 + w_1 v_1 + ... in key order,
+ * plus exact zeros (w_t = 0) for the masked keys of the block.  float32 takes
+ * the vector exp and FMAs (no bit promise with the reference there).
+ *
+ * Backward (its own fixed order, rounding-level vs the other variants), per
+ * head, with the blocks aligned with the forward's (so every weight and
+ * d-score read is one written this step): dW = dout v^T into datt's rows,
+ * dS = W (dW - rowdot(W, dW)) scale in place, then dq += dS k (per query
+ * block), dk += dS^T q and dv += W^T dout (per key block, over the queries
+ * from the block on: W and dS are 0 above the diagonal). */
+#ifndef MG_ATT_QB
+#define MG_ATT_QB 64
+#endif
+/* The gemm variant pays for documents of >= 48 tokens with heads of >= 32
+ * channels, of >= 128 tokens with heads of 16 (measured, Zen 5, float32
+ * training steps at B = 16: 128/128 (HS 32) 13.1 ms vs 14.6 with query lanes;
+ * 256/128x4 (HS 64) 223 vs 260 ms; 64/64 (HS 16) 2.65 vs 2.53; 32/128 (HS 8)
+ * 4.31 vs 3.82): its score product has only HS terms per element and its
+ * output product only HS columns, short for the register tile below that. */
+static int FN(att_gemm_pays)(int N, int HS) {
+    return (HS >= 32 && N >= 48) || (HS >= 16 && N >= 128);
+}
+
+/* c (m, n) (+)= a (m, k) @ b (k, n), one thread (any strides; see gemm.h) */
+#define MG_ATT_GEMM(Cm, ldc, A, rsA, csA, B, rsB, csB, m, n, k, acc) \
+    FN(gemm_run)(Cm, ldc, A, rsA, csA, B, rsB, csB, m, n, k, acc, 1, 0, INT32_MAX)
+
+/* The softmax of query i's nk scores w (scaled in place first), keys
+ * 0 .. i valid; keys i < t < nk get weight 0. */
+MG_INLINE void FN(att_gemm_softmax_row)(REAL *w, int i, int nk, REAL scale) {
+#if MG_RELAXED
+    enum { NB = MG_LANES };
+    const int nv = i + 1;
+    REAL maxv = w[0] * scale;
+    for (int t = 0; t < nv; t++) {
+        const REAL s = w[t] * scale;
+        w[t] = s;
+        maxv = s > maxv ? s : maxv;
+    }
+    VEC tot = {0};
+    int t = 0;
+    for (; t + NB <= nv; t += NB) {
+        VEC e = LOADU(w + t) - maxv;
+        FN(vexp)(&e);
+        STOREU(w + t, e);
+        tot += e;
+    }
+    REAL total = 0;
+    for (int l = 0; l < NB; l++) total += tot[l];
+    if (t < nv) {   /* the last partial register: the vector exp on a padded copy */
+        VEC e = {0};
+        for (int l = 0; l < nv - t; l++) e[l] = w[t + l] - maxv;
+        FN(vexp)(&e);
+        for (int l = 0; l < nv - t; l++) { w[t + l] = e[l]; total += e[l]; }
+    }
+    const REAL inv = RECIP(total);
+    for (t = 0; t < nv; t++) w[t] = w[t] * inv;
+#else
+    REAL maxv = 0;
+    for (int t = 0; t <= i; t++) {
+        const REAL s = w[t] * scale;
+        w[t] = s;
+        if (t == 0 || s > maxv) maxv = s;
+    }
+    REAL total = 0;
+    for (int t = 0; t <= i; t++) { w[t] = EXP(w[t] - maxv); total += w[t]; }
+    const REAL inv = RECIP(total);
+    for (int t = 0; t <= i; t++) w[t] = w[t] * inv;
+#endif
+    for (int t = i + 1; t < nk; t++) w[t] = 0;
+}
+
+/* Head h of a document's forward. */
+MG_HOT static void FN(attention_forward_gemm_head)(REAL *out, REAL *att, const REAL *q,
+                                                   const REAL *k, const REAL *v, int n, int C,
+                                                   int NH, int T, int h, REAL scale) {
+    const int HS = C / NH, ra = NH * T;
+    const size_t hs = (size_t)h * HS;
+    for (int i0 = 0; i0 < n; i0 += MG_ATT_QB) {
+        const int i1 = i0 + MG_ATT_QB < n ? i0 + MG_ATT_QB : n, mb = i1 - i0;
+        REAL *S = att + ((size_t)i0 * NH + h) * T;   /* row i: S + (i - i0) * ra */
+        /* S (mb, i1) = q[i0:i1, h] @ k[0:i1, h]^T */
+        MG_ATT_GEMM(S, ra, q + (size_t)i0 * C + hs, C, 1, k + hs, 1, C, mb, i1, HS, 0);
+        for (int i = i0; i < i1; i++) FN(att_gemm_softmax_row)(S + (size_t)(i - i0) * ra, i, i1, scale);
+        /* out[i0:i1, h] = S @ v[0:i1, h] */
+        MG_ATT_GEMM(out + (size_t)i0 * C + hs, C, S, ra, 1, v + hs, C, 1, mb, HS, i1, 0);
+    }
+}
+
+/* Head h of a document's backward (p0 = 0); datt (n, NH, T) scratch. */
+MG_HOT static void FN(attention_backward_gemm_head)(REAL *dq, REAL *dk, REAL *dv, REAL *datt,
+                                                    const REAL *dout, const REAL *att,
+                                                    const REAL *q, const REAL *k, const REAL *v,
+                                                    int n, int C, int NH, int T, int h, REAL scale) {
+    const int HS = C / NH, ra = NH * T;
+    const size_t hs = (size_t)h * HS;
+    for (int i0 = 0; i0 < n; i0 += MG_ATT_QB) {
+        const int i1 = i0 + MG_ATT_QB < n ? i0 + MG_ATT_QB : n, mb = i1 - i0;
+        REAL *D = datt + ((size_t)i0 * NH + h) * T;
+        const REAL *W = att + ((size_t)i0 * NH + h) * T;
+        /* dW (mb, i1) = dout[i0:i1, h] @ v[0:i1, h]^T */
+        MG_ATT_GEMM(D, ra, dout + (size_t)i0 * C + hs, C, 1, v + hs, 1, C, mb, i1, HS, 0);
+        for (int r = 0; r < mb; r++) {
+            REAL *d = D + (size_t)r * ra;
+            const REAL *w = W + (size_t)r * ra;
+            const int nv = i0 + r + 1;
+            REAL dot = 0;
+            for (int t = 0; t < nv; t++) dot += w[t] * d[t];
+            for (int t = 0; t < nv; t++) d[t] = w[t] * (d[t] - dot) * scale;
+            for (int t = nv; t < i1; t++) d[t] = 0;
+        }
+        /* dq[i0:i1, h] += dS @ k[0:i1, h] */
+        MG_ATT_GEMM(dq + (size_t)i0 * C + hs, C, D, ra, 1, k + hs, C, 1, mb, HS, i1, 1);
+    }
+    for (int t0 = 0; t0 < n; t0 += MG_ATT_QB) {
+        const int t1 = t0 + MG_ATT_QB < n ? t0 + MG_ATT_QB : n;
+        const size_t at = ((size_t)t0 * NH + h) * T + t0;   /* (query t0, key t0) */
+        /* dk[t0:t1, h] += dS[t0:n, t0:t1]^T @ q[t0:n, h];  dv likewise with W, dout */
+        MG_ATT_GEMM(dk + (size_t)t0 * C + hs, C, datt + at, 1, ra, q + (size_t)t0 * C + hs, C, 1,
+                    t1 - t0, HS, n - t0, 1);
+        MG_ATT_GEMM(dv + (size_t)t0 * C + hs, C, att + at, 1, ra, dout + (size_t)t0 * C + hs, C, 1,
+                    t1 - t0, HS, n - t0, 1);
+    }
+}
+
+static void FN(attention_forward_gemm)(REAL *out, REAL *att, const REAL *q, const REAL *k,
+                                       const REAL *v, int n, int C, int NH, int T) {
+    const REAL scale = FN(att_scale)(C / NH);
+    /* heads write disjoint columns of out and rows of att */
+    if (MG_USE_THREADS((size_t)n * n * C, NH)) {
+        MG_PAR_FOR(schedule(static),
+        for (int h = 0; h < NH; h++)
+            FN(attention_forward_gemm_head)(out, att, q, k, v, n, C, NH, T, h, scale););
+        return;
+    }
+    for (int h = 0; h < NH; h++) FN(attention_forward_gemm_head)(out, att, q, k, v, n, C, NH, T, h, scale);
+}
+
+static void FN(attention_backward_gemm)(REAL *dq, REAL *dk, REAL *dv, REAL *datt, const REAL *dout,
+                                        const REAL *att, const REAL *q, const REAL *k,
+                                        const REAL *v, int n, int C, int NH, int T) {
+    const REAL scale = FN(att_scale)(C / NH);
+    if (MG_USE_THREADS((size_t)n * n * C, NH)) {
+        MG_PAR_FOR(schedule(static),
+        for (int h = 0; h < NH; h++)
+            FN(attention_backward_gemm_head)(dq, dk, dv, datt, dout, att, q, k, v, n, C, NH, T, h,
+                                             scale););
+        return;
+    }
+    for (int h = 0; h < NH; h++)
+        FN(attention_backward_gemm_head)(dq, dk, dv, datt, dout, att, q, k, v, n, C, NH, T, h, scale);
+}
+
+
 /* ---------------------------------------------------- channel lanes */
 /* attention with lanes over channels: for a query row i and key t, one
  * product q[i][c0 : c0 + NB] * k[t][c0 : c0 + NB] holds the terms of NB / HS
@@ -492,8 +660,9 @@ static int FN(attention_choose)(int N, int p0, int C, int NH) {
     const int doc = p0 == 0 && FN(att_doc_fits)(N, C / NH);
     const int forced = mg_forced_variant[MG_OP_ATTENTION];
     if (forced == MG_ATT_ROWS || (forced == MG_ATT_QUERY_LANES && doc) ||
-        (forced == MG_ATT_CHANNEL_LANES && lanes))
+        (forced == MG_ATT_CHANNEL_LANES && lanes) || (forced == MG_ATT_GEMM && p0 == 0))
         return forced;
+    if (p0 == 0 && FN(att_gemm_pays)(N, C / NH)) return MG_ATT_GEMM;
     return lanes ? MG_ATT_CHANNEL_LANES : doc ? MG_ATT_QUERY_LANES : MG_ATT_ROWS;
 }
 
@@ -509,6 +678,9 @@ void FN(attention_forward)(REAL *out,         /* (N, C) */
         return;
     case MG_ATT_QUERY_LANES:
         FN(attention_forward_doc)(out, att, q, k, v, N, C, NH, T, FN(att_scale)(C / NH));
+        return;
+    case MG_ATT_GEMM:
+        FN(attention_forward_gemm)(out, att, q, k, v, N, C, NH, T);
         return;
     default:
         break;
@@ -541,6 +713,9 @@ void FN(attention_backward)(REAL *dq,          /* (N, C) */
     case MG_ATT_QUERY_LANES:
         FN(attention_backward_doc)(dq, dk, dv, dout, att, q, k, v, N, C, NH, T,
                                    FN(att_scale)(C / NH));
+        return;
+    case MG_ATT_GEMM:
+        FN(attention_backward_gemm)(dq, dk, dv, datt, dout, att, q, k, v, N, C, NH, T);
         return;
     default:
         break;
