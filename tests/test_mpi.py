@@ -478,3 +478,33 @@ def test_cli_ctrl_c_stops_every_rank_at_the_same_step(data_file, tmp_path):
     assert len(lines) == 1 and "checkpoint saved" in lines[0], err   # rank 0, once
     step = int(lines[0].split()[3].rstrip(";"))
     assert _checkpoint_step(out) == step and "Abort" not in err
+
+
+@needs_mpi
+def test_cli_sigterm_stops_every_rank_and_saves(data_file, tmp_path):
+    """Issue 13: SIGTERM (``kill``) is handled like Ctrl-C under MPI: every
+    rank stops at the same step, rank 0 saves and reports once, exit 143."""
+    if _mpiexec_flavour() != "hydra":
+        pytest.skip("relies on Hydra's mpiexec forwarding SIGTERM to the ranks")
+    out, metrics = tmp_path / "run", tmp_path / "m.jsonl"
+    cmd = mpiexec(2, sys.executable, "-m", "microgpt_c.train", "--data", str(data_file),
+                  "--steps", "1000000", "--batch-size", "8", "--out", str(out),
+                  "--metrics-out", str(metrics), "--num-samples", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the job did not end after SIGTERM")
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("terminated (SIGTERM) after step")]
+    assert len(lines) == 1 and "checkpoint saved" in lines[0], err
+    step = int(lines[0].split()[4].rstrip(";"))
+    assert _checkpoint_step(out) == step and "Abort" not in err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import types
@@ -26,15 +27,17 @@ from typing import Any, Dict, List, Optional, TextIO
 from ._version import __version__
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
-                  interrupted, nonneg_int, one_line, positive_float, positive_int)
+                  interrupted, nonneg_int, one_line, positive_float, positive_int,
+                  thread_count, warnings_as_notices)
 from .config import BACKENDS, RUN_FIELDS, TrainConfig
-from .errors import NonFiniteLossError, TrainingInterrupted
+from .errors import MicrogptError, NonFiniteLossError, TrainingInterrupted
 from .model import GPT, make_model
 from .plotting import check_plot_target, save_loss_plot
 from .resume import config_from_checkpoint
+from .safeio import check_outputs_vs_inputs, describe_oserror
 from .sample import sample_checkpoint
 from .sampling import sample_names, softmax_for
-from .training import TrainResult, train
+from .training import TrainResult, data_source_of, train
 
 __all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
            "make_model", "sample_names", "softmax_for", "train"]
@@ -44,6 +47,13 @@ HEADER = "--- inference (new, hallucinated names) ---"
 # CLI options that are not TrainConfig fields
 RUN_OPTIONS = ("out", "save_every", "resume", "stop_after", "plot", "progress", "log_every",
                "quiet", "sample_only")
+
+
+
+
+class OutputWriteError(MicrogptError, OSError):
+    """Writing an output of the run (metrics, plot) failed; the message
+    names the file and what to do."""
 
 
 # ------------------------------------------------------------------ the CLI
@@ -83,9 +93,9 @@ def _add_training(g, d: TrainConfig) -> None:
                    help=f"peak learning rate of Adam (default: {d.lr})")
     g.add_argument("--seed", type=int, default=_S,
                    help=f"seed of the random stream: shuffle, init, sampling (default: {d.seed})")
-    g.add_argument("--threads", type=positive_int, default=_S, metavar="N",
+    g.add_argument("--threads", type=thread_count, default=_S, metavar="N",
                    help="OpenMP threads for the C kernels (default: $OMP_NUM_THREADS or all "
-                        "cores); results do not depend on it")
+                        "cores; at most 1024); results do not depend on it")
 
 
 def _add_checkpoints(g) -> None:
@@ -271,6 +281,8 @@ class _Messages:
 
     def info(self, line: str) -> None:
         if self.quiet:
+            if line.startswith("notice:"):  # notices show even with --quiet
+                print(line, file=self.err, flush=True)
             return
         if self.started:
             print(line, file=self.err, flush=True)
@@ -278,12 +290,55 @@ class _Messages:
             self.pending.append(line)
 
 
+class _MetricsFile:
+    """The --metrics-out file, opened at its first write (after the inputs
+    have been read and checked); an I/O error at write, flush or close is an
+    OutputWriteError naming the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.file: Optional[TextIO] = None
+
+    def _fail(self, exc: OSError, action: str = "write the metrics file") -> "OutputWriteError":
+        return OutputWriteError(describe_oserror(exc, self.path, action))
+
+    def write(self, text: str) -> None:
+        try:
+            if self.file is None:
+                self.file = open(self.path, "w", encoding="utf-8")
+            self.file.write(text)
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def flush(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except OSError as exc:
+                raise self._fail(exc) from None
+
+    def close(self) -> None:
+        f, self.file = self.file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                raise self._fail(exc) from None
+
+    def discard(self) -> None:
+        """Close after a failure, ignoring a second error."""
+        try:
+            self.close()
+        except OutputWriteError:
+            pass
+
+
 class _Outputs:
     """The progress display and the metrics file of a run, once opened."""
 
     def __init__(self) -> None:
         self.progress: Optional[Progress] = None
-        self.metrics: Optional[TextIO] = None
+        self.metrics: Optional[_MetricsFile] = None
 
     def close_progress(self) -> None:
         if self.progress is not None:
@@ -292,6 +347,36 @@ class _Outputs:
     def close_metrics(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+    def discard_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.discard()
+
+
+def _check_paths(opts: Dict[str, Any], cfg: TrainConfig, ckpt) -> None:
+    """Refuse (OutputIsInputError) an output path that is an input, before
+    anything is opened for writing; check that the metrics file's directory
+    exists."""
+    data = cfg.data
+    if data is None:
+        source = data_source_of(ckpt)
+        if source is not None and not source.startswith("builtin:"):
+            data = source
+        elif ckpt is None and os.path.exists("input.txt"):
+            data = "input.txt"
+    inputs = {"--data": data, "--resume": ckpt.path if ckpt is not None else None}
+    out_file = (os.path.join(os.fspath(opts["out"]), CHECKPOINT_NAME) if "out" in opts
+                else None)
+    outputs = {"--metrics-out": cfg.metrics_out, "--plot": opts.get("plot")}
+    check_outputs_vs_inputs(outputs, inputs)
+    # --out may be the --resume directory: the checkpoint is read whole before
+    # it is replaced (atomically); it must not be the data or another output
+    check_outputs_vs_inputs({"--out": out_file}, {"--data": data, **outputs})
+    if cfg.metrics_out:
+        parent = os.path.dirname(os.path.abspath(cfg.metrics_out))
+        if not os.path.isdir(parent):
+            raise OutputWriteError(f"cannot write the metrics file {cfg.metrics_out}: "
+                                   f"directory {parent} does not exist")
 
 
 def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet: bool) -> int:
@@ -316,6 +401,7 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
     ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
     cfg = config_from_checkpoint(ckpt, **given) if ckpt is not None else TrainConfig(**given)
     cfg.validate()
+    _check_paths(opts, cfg, ckpt)
     if "plot" in opts:
         check_plot_target(opts["plot"])
     if "save_every" in opts and "out" not in opts:
@@ -323,18 +409,23 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
     stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
     mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
     if cfg.metrics_out and root:
-        outputs.metrics = open(cfg.metrics_out, "w", encoding="utf-8")
+        outputs.metrics = _MetricsFile(cfg.metrics_out)
     progress = outputs.progress = Progress(mode, cfg.steps, stop, out, err,
                                            opts.get("log_every"), outputs.metrics)
     result = train(cfg, None, on_steps=progress, log=messages.log, resume=ckpt,
                    out=opts.get("out"), save_every=opts.get("save_every"),
                    stop_after=opts.get("stop_after"), info=messages.info)
     progress.close(newline=False)  # the header below starts with one, as the original's
+    outputs.close_metrics()
     if result.checkpoint is not None:
         messages.info(f"checkpoint: {result.checkpoint} (step {len(result.losses)} / "
                       f"{cfg.steps})")
     if "plot" in opts and root:
-        messages.info(f"loss plot: {save_loss_plot(result.losses, opts['plot'])}")
+        try:
+            plot = save_loss_plot(result.losses, opts["plot"])
+        except OSError as exc:
+            raise OutputWriteError(describe_oserror(exc, opts["plot"], "write the plot")) from None
+        messages.info(f"loss plot: {plot}")
     if not quiet:
         out.write(f"\n{HEADER}\n")
     out.write(format_samples(result.samples))
@@ -346,7 +437,18 @@ def _non_finite_message(exc: NonFiniteLossError) -> str:
     saved = getattr(exc, "checkpoint", None)
     note = (f"; the last checkpoint, at step {getattr(exc, 'checkpoint_step', '?')}, is "
             f"{saved} (left unchanged)" if saved is not None else "")
+    resumed = getattr(exc, "resumed_from", None)
+    if saved is None and resumed is not None:
+        note = (f"; this run was resumed from {resumed[0]} (step {resumed[1]}), the last good "
+                "checkpoint, which is unchanged: go back to it")
     return one_line(exc) + note
+
+
+def _run(opts: Dict[str, Any], given: Dict[str, Any], messages: _Messages, outputs: _Outputs,
+         root: bool) -> int:
+    if opts.get("sample_only"):
+        return _sample_only(opts, given, messages.out, messages.quiet)
+    return _train_and_print(opts, given, messages, outputs, root)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -365,16 +467,17 @@ def _main(argv: Optional[List[str]] = None) -> int:
     messages = _Messages(bool(opts.get("quiet", False)), sys.stdout, sys.stderr)
     outputs = _Outputs()
     try:
-        if opts.get("sample_only"):
-            return _sample_only(opts, given, messages.out, messages.quiet)
-        return _train_and_print(opts, given, messages, outputs, root)
+        with warnings_as_notices(messages.err):
+            return _run(opts, given, messages, outputs, root)
     except TrainingInterrupted as exc:
         outputs.close_progress()
         where = (f"; checkpoint saved to {exc.checkpoint} (continue with --resume "
                  f"{exc.checkpoint})" if exc.checkpoint is not None
                  else " (no --out given: nothing saved)")
-        print(f"interrupted after step {exc.step}{where}", file=messages.err)
-        return 130
+        terminated = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'} after step "
+              f"{exc.step}{where}", file=messages.err)
+        return 143 if terminated else 130
     except KeyboardInterrupt:
         outputs.close_progress()
         return interrupted()
@@ -387,7 +490,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
         outputs.close_progress()
         return error(one_line(exc))
     finally:
-        outputs.close_metrics()
+        outputs.discard_metrics()
 
 
 class _CallableModule(types.ModuleType):

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _core
 from . import data as data_mod
@@ -33,6 +33,8 @@ from .validate import positive_int
 __all__ = ["TrainResult", "train"]
 
 OnSteps = Callable[[int, List[float], List[float]], None]
+BUILTIN_MAKEMORE = "builtin:makemore"   # data sources recorded in checkpoints
+BUILTIN_CENSUS = "builtin:census"
 MAX_CHUNK = 1 << 14      # steps per train_steps call at the most
 CHUNK_SECONDS = 0.05     # a chunk doubles while it takes less than this
 
@@ -55,29 +57,40 @@ class TrainResult:
 
 
 class _DeferredInterrupt:
-    """Within the block, a first SIGINT only sets ``requested`` (checked at
-    step boundaries); a second one raises KeyboardInterrupt at once.  Only
-    active in the main thread and if SIGINT has Python's default handler."""
+    """Within the block, a first SIGINT or SIGTERM only sets ``requested``
+    (checked at step boundaries; ``signum`` says which); a second one raises
+    KeyboardInterrupt at once.  Only active in the main thread, for SIGINT if
+    it has Python's default handler and for SIGTERM if it has the system's."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
 
     def _handler(self, signum, frame):  # pragma: no cover - exercised via subprocess
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> "_DeferredInterrupt":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old.clear()
+
+    def interrupted(self, state: TrainState, saved: Optional[Path]) -> TrainingInterrupted:
+        """The TrainingInterrupted to raise (``.signum``: the signal)."""
+        exc = TrainingInterrupted(state.step, saved, state.losses)
+        exc.signum = self.signum if self.signum is not None else signal.SIGINT  # type: ignore[attr-defined]
+        return exc
 
 
 class _Saver:
@@ -98,11 +111,57 @@ class _Saver:
 
 
 # --------------------------------------------------------------------------- the steps
-def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None]) -> List[str]:
+def data_source_of(ckpt: Optional[Checkpoint]) -> Optional[str]:
+    """Where the run of ``ckpt`` took its documents from: a file path, or
+    ``builtin:makemore`` / ``builtin:census`` (a built-in set); None if the
+    checkpoint does not say (older checkpoints record only a given data
+    file)."""
+    if ckpt is None or ckpt.train is None:
+        return None
+    tc = ckpt.train.train_config
+    for key in ("data_source", "data"):
+        value = tc.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _load_source(source: str) -> Tuple[List[str], str]:
+    """The documents of a data source as :func:`data_source_of` names it."""
+    if source == BUILTIN_CENSUS:
+        docs = data_mod._census_names()
+        return docs, f"US Census first names from the 'names' package ({len(docs)} names)"
+    if source == BUILTIN_MAKEMORE:
+        docs, description = data_mod.builtin_names()
+        if description.startswith("notice:"):  # the fallback set: not the run's data
+            raise data_mod.DataError(
+                "the checkpoint was trained on the makemore names data set, which is not "
+                "available (not cached and not downloadable); give it with --data PATH")
+        return docs, description
+    docs = data_mod.read_documents(source)
+    return docs, f"{source} ({len(docs)} documents)"
+
+
+def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None],
+               ckpt: Optional[Checkpoint] = None) -> Tuple[List[str], str]:
+    """The documents and their source (see :func:`data_source_of`)."""
+    if data is None and cfg.data is None and data_source_of(ckpt) is not None:
+        source = data_source_of(ckpt)
+        assert source is not None
+        docs, description = _load_source(source)
+        info(f"notice: data from the checkpoint: {description}")
+        return list(docs), source
     if data is None or isinstance(data, (str, os.PathLike)):
-        docs, description = data_mod.load_documents(cfg.data if data is None else data)
+        path = cfg.data if data is None else data
+        docs, description = data_mod.load_documents(path)
         info(description)
-        return list(docs)
+        if path is None:
+            if description.startswith("data: input.txt"):
+                path = os.path.abspath("input.txt")
+            else:
+                return list(docs), (BUILTIN_CENSUS if description.startswith("notice:")
+                                    else BUILTIN_MAKEMORE)
+        return list(docs), os.path.abspath(os.fspath(path))
     if isinstance(data, (bytes, bytearray)):
         raise TypeError("data must be a path or a list of str documents, not bytes")
     docs = list(data)
@@ -111,7 +170,7 @@ def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None]) -> List
             raise TypeError(f"document {i} is a {type(d).__name__}, not a str")
     if not docs:
         raise data_mod.DataError("there are no documents to train on")
-    return docs
+    return docs, ""
 
 
 def _check_run_options(cfg: TrainConfig, dp, out: Optional[PathArg], ckpt: Optional[Checkpoint],
@@ -134,10 +193,10 @@ def _check_run_options(cfg: TrainConfig, dp, out: Optional[PathArg], ckpt: Optio
 
 def _prepare_data(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint],
                   info: Callable[[str], None]
-                  ) -> Tuple[List[str], str, data_mod.Tokenizer, random.Random]:
+                  ) -> Tuple[List[str], str, data_mod.Tokenizer, random.Random, str]:
     """The documents (checked against ``ckpt``, then shuffled), their
     SHA-256 before the shuffle, the tokenizer and the run's random stream."""
-    documents = _documents(data, cfg, info)
+    documents, source = _documents(data, cfg, info, ckpt)
     data_sha = data_mod.sha256_of_documents(documents)
     check_resume_data(ckpt, documents, data_sha)
     if cfg.threads is not None:
@@ -148,7 +207,7 @@ def _prepare_data(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint],
     if cfg.prefix:
         check_prefix(cfg.prefix, tokenizer, cfg.block_size)  # fail before training
     check_resume_vocabulary(ckpt, tokenizer)
-    return documents, data_sha, tokenizer, rng
+    return documents, data_sha, tokenizer, rng, source
 
 
 def _build_model(cfg: TrainConfig, documents: List[str], data_sha: str,
@@ -225,10 +284,13 @@ def _step_loop(trainer, corpus, starts, cfg: TrainConfig, state: TrainState, sto
                 save()
             fast = time.perf_counter() - tc < CHUNK_SECONDS
             if dp is not None:  # every rank stops at the same step, chunks alike
-                interrupt.requested, fast = trainer.agree(interrupt.requested, fast)
+                stop_now, fast = trainer.agree(interrupt.signum or interrupt.requested, fast)
+                if stop_now and not interrupt.requested:
+                    interrupt.requested = True
+                    interrupt.signum = stop_now if stop_now is not True else None
             if interrupt.requested:
                 save()
-                raise TrainingInterrupted(state.step, save.saved, state.losses)
+                raise interrupt.interrupted(state, save.saved)
             # grow the chunk while it takes under CHUNK_SECONDS, so progress stays live
             if fast:
                 chunk = min(chunk * 2, MAX_CHUNK)
@@ -237,7 +299,7 @@ def _step_loop(trainer, corpus, starts, cfg: TrainConfig, state: TrainState, sto
             trainer.check_consistent()  # every rank holds the same parameters
         save()
         if interrupt.requested:
-            raise TrainingInterrupted(state.step, save.saved, state.losses)
+            raise interrupt.interrupted(state, save.saved)
     return seconds
 
 
@@ -294,15 +356,22 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
     out_file = (prepare_out_dir(out) / CHECKPOINT_NAME
                 if out is not None and (dp is None or dp.rank == 0) else None)
 
-    documents, data_sha, tokenizer, rng = _prepare_data(data, cfg, ckpt, info)
+    documents, data_sha, tokenizer, rng, source = _prepare_data(data, cfg, ckpt, info)
     model = _build_model(cfg, documents, data_sha, tokenizer, rng, ckpt, log, info)
+    if source:
+        model.train_state.train_config["data_source"] = source
     corpus, starts = data_mod.pack_corpus(tokenizer, documents)
     state = model.train_state
     start_step = state.step
     save = _Saver(out_file, model, state)
     trainer = distributed.DataParallelModel(model, dp) if dp is not None else model
-    seconds = _step_loop(trainer, corpus, starts, cfg, state, stop, save_every, save,
-                         on_steps, dp)
+    try:
+        seconds = _step_loop(trainer, corpus, starts, cfg, state, stop, save_every, save,
+                             on_steps, dp)
+    except NonFiniteLossError as err:
+        if ckpt is not None:  # the checkpoint this run was resumed from
+            err.resumed_from = (ckpt.path, ckpt.step)  # type: ignore[attr-defined]
+        raise
     samples: List[str] = []
     if sample and cfg.num_samples:
         samples = sample_names(model, tokenizer, rng, cfg.num_samples, cfg.temperature,
