@@ -120,6 +120,36 @@ def test_metrics_write_error_keeps_the_previous_checkpoint(tmp_path, run_dir, do
     assert (run / ck.CHECKPOINT_NAME).read_bytes() == before
 
 
+def test_plot_write_error_is_one_line(tmp_path, docs_file, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import errno
+
+    import importlib
+
+    from microgpt_c import plotting
+    train_mod = importlib.import_module("microgpt_c.train")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(plotting, "atomic_write_bytes", full)
+    monkeypatch.setenv("MICROGPT_C_OFFLINE", "1")
+    plot = tmp_path / "loss.png"
+    rc = train_mod.main(["--data", str(docs_file), "--steps", "3", *map(str, SMALL), "-q",
+                         "--num-samples", "1", "--plot", str(plot)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: cannot write the plot {plot}: no space left on the "
+                               "device; free some disk space or write to another file "
+                               "system\n"), err
+
+
+def test_bad_data_leaves_no_output_directory(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"")
+    proc = train_cli("--data", bad, "--out", tmp_path / "o", "--steps", 3, cwd=tmp_path)
+    assert_error(proc, "contains no documents")
+    assert not (tmp_path / "o").exists()
+
+
 def test_metrics_out_in_a_missing_directory(tmp_path, docs_file):
     proc = train_cli("--data", docs_file, "--metrics-out", tmp_path / "nope" / "m.jsonl",
                      "--steps", 3, *SMALL, cwd=tmp_path)

@@ -353,10 +353,10 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
     stop = _check_run_options(cfg, dp, out, ckpt, save_every, stop_after)
     if dp is not None and dp.rank != 0:  # only rank 0 reports progress and writes checkpoints
         on_steps, log, info = None, _quiet, _quiet
+    documents, data_sha, tokenizer, rng, source = _prepare_data(data, cfg, ckpt, info)
+    # the output directory is created only once the inputs are read and checked
     out_file = (prepare_out_dir(out) / CHECKPOINT_NAME
                 if out is not None and (dp is None or dp.rank == 0) else None)
-
-    documents, data_sha, tokenizer, rng, source = _prepare_data(data, cfg, ckpt, info)
     model = _build_model(cfg, documents, data_sha, tokenizer, rng, ckpt, log, info)
     if source:
         model.train_state.train_config["data_source"] = source
