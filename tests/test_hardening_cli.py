@@ -166,6 +166,8 @@ def test_threads_above_the_maximum_are_refused(tmp_path, docs_file, n):
 
 
 def test_set_num_threads_is_bounded():
+    from microgpt_c import config
+    assert _core.MAX_THREADS == config.MAX_THREADS == 1024
     with pytest.raises(ConfigError, match="at most 1024"):
         _core.set_num_threads(1025)
     with pytest.raises(ConfigError, match="at most 1024"):

@@ -8,7 +8,8 @@ sampled names.  Every setting has a flag; see ``--help``.
 Also: checkpoints (``--out``, ``--save-every``, ``--resume``, exact resume),
 ``--sample-only``, progress display (``--progress``, ``--quiet``), loss plots
 (``--plot``).  Errors print one line ``error: ...`` on stderr and exit with
-status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130.
+status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130, SIGTERM
+likewise with 143.
 
 This module is also callable: ``microgpt_c.train(config, data, ...)`` is
 :func:`microgpt_c.api.train`, even after ``import microgpt_c.train``.
@@ -106,7 +107,8 @@ def _add_checkpoints(g) -> None:
                    help="also save a checkpoint every K steps (needs --out)")
     g.add_argument("--resume", default=_S, metavar="PATH",
                    help="continue the run saved in this checkpoint (or --out directory) "
-                        "exactly; the data must be the same")
+                        "exactly; the data must be the same (default: the data file or "
+                        "built-in set it was trained on)")
     g.add_argument("--stop-after", type=positive_int, default=_S, metavar="N",
                    help="stop (save and sample) after step N; the learning-rate schedule still "
                         "spans --steps, so --resume continues the same run")
