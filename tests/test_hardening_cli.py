@@ -85,6 +85,17 @@ def test_outputs_that_are_the_resumed_checkpoint_are_refused(tmp_path, run_dir, 
     proc = train_cli("--data", data, "--out", out, "--steps", 3, *SMALL, cwd=tmp_path)
     assert_error(proc, "--out", "is the same file as --data")
     assert data.read_bytes() == docs_file.read_bytes()
+    # two outputs that are one file
+    proc = train_cli("--data", docs_file, "--out", out, "--metrics-out", data, "--steps", 3,
+                     *SMALL, cwd=tmp_path)
+    assert_error(proc, "--out", "is the same file as --metrics-out", "another output")
+    # --out may be the --resume directory (the checkpoint is read before it is replaced)
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert_ok(train_cli("--resume", run, "--out", run, "--stop-after", 21, "-q",
+                        "--num-samples", 1, cwd=tmp_path))
+    assert ck.load_checkpoint(run).train.step == 21
 
 
 def test_metrics_file_is_opened_only_after_the_data_is_read(tmp_path):

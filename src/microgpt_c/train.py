@@ -373,7 +373,7 @@ def _check_paths(opts: Dict[str, Any], cfg: TrainConfig, ckpt) -> None:
     check_outputs_vs_inputs(outputs, inputs)
     # --out may be the --resume directory: the checkpoint is read whole before
     # it is replaced (atomically); it must not be the data or another output
-    check_outputs_vs_inputs({"--out": out_file}, {"--data": data, **outputs})
+    check_outputs_vs_inputs({**outputs, "--out": out_file}, {"--data": data})
     if cfg.metrics_out:
         parent = os.path.dirname(os.path.abspath(cfg.metrics_out))
         if not os.path.isdir(parent):
