@@ -109,3 +109,57 @@ def self_check(dtype="float64", **kwargs) -> dict:
 
 if __name__ == "__main__":
     print(self_check())
+
+
+# ------------------------------------------------------------------ full blocks
+ATTENTION = ("masked", "sdpa")
+
+
+class TorchBlockGPT(TorchGPT):
+    """The same model on a batch of documents that fill the block: ``tokens`` is
+    a (B, T + 1) int64 tensor, every row BOS + T ids, positions 0..T-1 predict
+    the next token.  All documents have the same length, so the SPEC's batch loss
+    (mean over documents of their mean token loss) is the mean over all B*T
+    positions, and the causal mask is the whole attention mask.  ``attention``:
+    ``"masked"``, scores q k^T / sqrt(hd) with the upper triangle set to -inf,
+    softmax, times v; ``"sdpa"``, ``F.scaled_dot_product_attention(is_causal=True)``.
+    ``compile=True`` wraps the loss in ``torch.compile`` (the first steps compile)."""
+
+    def __init__(self, vocab_size, attention="sdpa", compile=False, **kwargs):
+        super().__init__(vocab_size, **kwargs)
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}")
+        self.attention = attention
+        T = self.block_size
+        self.causal = torch.ones(T, T, dtype=torch.bool).tril()
+        self._loss = torch.compile(self.block_loss) if compile else self.block_loss
+
+    def block_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        P = self._tensors()
+        NH, C = self.n_head, self.n_embd
+        Bt, T = tokens.shape[0], tokens.shape[1] - 1
+        hd = C // NH
+        inp, tgt = tokens[:, :-1], tokens[:, 1:]
+        x = rmsnorm(P["wte"][inp] + P["wpe"][:T])
+        for i in range(self.n_layer):
+            wq, wk, wv, wo, fc1, fc2 = (P[f"layer{i}.{t}"] for t in LAYER_TENSORS)
+            h = rmsnorm(x)
+            q, k, v = (F.linear(h, w).view(Bt, T, NH, hd).transpose(1, 2) for w in (wq, wk, wv))
+            if self.attention == "sdpa":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                s = (q @ k.transpose(-2, -1)) * (hd ** -0.5)
+                s = s.masked_fill(~self.causal[:T, :T], float("-inf"))
+                y = torch.softmax(s, dim=-1) @ v
+            x = F.linear(y.transpose(1, 2).reshape(Bt, T, C), wo) + x
+            x = F.linear(F.relu(F.linear(rmsnorm(x), fc1)), fc2) + x
+        logits = F.linear(x, P["lm_head"])
+        return F.cross_entropy(logits.reshape(Bt * T, -1), tgt.reshape(-1))
+
+    def train_step(self, tokens, step, num_steps) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(tokens)
+        loss.backward()
+        self.optimizer.param_groups[0]["lr"] = self.lr * (1 - step / num_steps)
+        self.optimizer.step()
+        return loss.item()

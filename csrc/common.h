@@ -123,11 +123,21 @@ static inline mg_fp_state_t mg_fp_enter_state(mg_fp_state_t caller) {
 /* An OpenMP parallel loop whose threads run in the calling thread's
  * floating-point environment (and return to their own after it):
  *   MG_PAR_FOR(schedule(static), for (...) body;) */
-#define MG_PAR_FOR(SCHED, ...)                                                      do {                                                                                const mg_fp_state_t mg_fp_caller_ = mg_fp_get();                                MG_PRAGMA(omp parallel num_threads(mg_team_size()))                             {                                                                                   const mg_fp_state_t mg_fp_own_ = mg_fp_get();                                   if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_caller_);                      MG_PRAGMA(omp for SCHED)                                                        __VA_ARGS__                                                                     if (mg_fp_own_ != mg_fp_caller_) mg_fp_set(mg_fp_own_);                     }                                                                           } while (0)
+#define MG_PAR_FOR(SCHED, ...)                                                  \
+    do {                                                                        \
+        const mg_fp_state_t mg_fp_caller_ = mg_fp_get();                        \
+        MG_PRAGMA(omp parallel num_threads(mg_team_size()))                     \
+        {                                                                       \
+            const mg_fp_state_t mg_fp_own_ = mg_fp_enter_state(mg_fp_caller_);  \
+            MG_PRAGMA(omp for SCHED)                                            \
+            __VA_ARGS__                                                         \
+            mg_fp_set(mg_fp_own_);                                              \
+        }                                                                       \
+    } while (0)
 
 /* Named variants of the ops (each can be forced for tests and benchmarks;
  * the rule that picks one lives next to the op). */
-enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_NUM_OPS = 2 };
+enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_OP_ADAM = 2, MG_NUM_OPS = 3 };
 enum { MG_VARIANT_AUTO = -1 };
 /* matmul forward: token lanes (copies of the inputs, lanes over tokens) or
  * a transposed weight (lanes over output channels) */
@@ -136,6 +146,14 @@ enum { MG_MM_TOKEN_LANES = 0, MG_MM_WT = 1, MG_MM_NUM_VARIANTS = 2 };
  * over queries), channel lanes (small heads, lanes over channels) */
 enum { MG_ATT_ROWS = 0, MG_ATT_QUERY_LANES = 1, MG_ATT_CHANNEL_LANES = 2,
        MG_ATT_NUM_VARIANTS = 3 };
+/* float64 Adam: the plain update, or the quiet path for zero-gradient
+ * elements with tiny moments (ops/adam.h); the same bits either way */
+enum { MG_ADAM_PLAIN = 0, MG_ADAM_QUIET = 1, MG_ADAM_NUM_VARIANTS = 2 };
+/* 1 where the quiet path pays: cores whose subnormal arithmetic takes a slow
+ * microcode path (Intel); elsewhere (measured on AMD Zen 5: the hardware
+ * handles subnormals at nearly full speed, the integer path costs more) 0.
+ * A forced MG_OP_ADAM variant overrides it (threads.c). */
+int mg_adam_quiet_path(void);
 /* the forced variant of each op, or MG_VARIANT_AUTO (threads.c) */
 extern int mg_forced_variant[MG_NUM_OPS];
 

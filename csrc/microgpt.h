@@ -66,11 +66,28 @@ typedef struct {
     int64_t n_docs;
 } mg_train_data;
 
-/* The SPEC's optimiser schedule: Adam with lr_t = lr * (1 - s / num_steps)
- * at t = s + 1 for step s (0-based). */
+/* The optimiser schedule of step s (0-based): Adam at t = s + 1 with lr_t
+ * from mg_schedule_lr.  With every field after num_steps zero it is the
+ * SPEC's: lr_t = lr * (1 - s / num_steps), plain Adam.  The options (W =
+ * warmup_steps, N = num_steps, f = (s - W) / (N - W)):
+ *   s < W:     lr_t = lr * (s + 1) / W                  (linear warmup)
+ *   linear:    lr_t = min_lr + (lr - min_lr) * (1 - f)
+ *   cosine:    lr_t = min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * f))
+ *   constant:  lr_t = lr
+ * grad_clip > 0: the gradients are scaled by clip / ||g|| when the global L2
+ * norm ||g|| (summed in double, parameter order, one thread) exceeds clip;
+ * weight_decay > 0: decoupled (AdamW) p -= lr_t * weight_decay * p before the
+ * Adam update.  Either one makes a step use the unfused path (accumulate the
+ * gradients, clip, decay, then the checked Adam step). */
+enum { MG_SCHED_LINEAR = 0, MG_SCHED_COSINE = 1, MG_SCHED_CONSTANT = 2 };
 typedef struct {
     double lr, beta1, beta2, eps;
     long num_steps;
+    long warmup_steps;     /* 0: none; < num_steps */
+    int kind;              /* MG_SCHED_LINEAR, MG_SCHED_COSINE or MG_SCHED_CONSTANT */
+    double min_lr;         /* in [0, lr] */
+    double weight_decay;   /* >= 0 */
+    double grad_clip;      /* 0: off, else > 0 */
 } mg_schedule;
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -146,6 +163,19 @@ int mg_step_share(mg_model *model, const int32_t *corpus, const int64_t *doc_sta
                   int64_t n_docs, long s, int batch, int lo, int hi, double *loss);
 int mg_step_update(mg_model *model, long s, long num_steps, double lr, double beta1,
                    double beta2, double eps, double *lr_t);
+
+/* The same with every option of *S (see mg_schedule): mg_train_steps with
+ * the schedule S; when S clips or decays, every step is unfused and single
+ * team (the same bits for any thread count). */
+int mg_schedule_check(const mg_schedule *S);
+double mg_schedule_lr(const mg_schedule *S, long s);
+int mg_train_steps_sched(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                         int64_t n_docs, long step0, long n_steps, int batch,
+                         const mg_schedule *S, double *losses, double *lrs, long *steps_done);
+int mg_step_update_sched(mg_model *model, long s, const mg_schedule *S, double *lr_t);
+/* The global L2 norm of the accumulated gradients (double sum in parameter
+ * order, then sqrt); *norm is inf/NaN if a gradient is not finite. */
+int mg_grad_norm(mg_model *model, double *norm);
 
 /* ---- inference ----------------------------------------------------------- */
 /* Logits (V) for `token` at position `pos`, using and extending the KV cache

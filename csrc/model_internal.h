@@ -148,7 +148,6 @@ void mg_batch_free(mg_batch *B);
 /* copy src's contents into dst (dst->cap >= src->n_tokens) */
 void mg_batch_copy(mg_batch *dst, const mg_batch *src);
 
-/* train.c: lr_t of step s */
-double mg_schedule_lr(const mg_schedule *S, long s);
+/* train.c: lr_t of step s (declared in microgpt.h) */
 
 #endif /* MG_MODEL_INTERNAL_H */

@@ -37,14 +37,30 @@ void mg_set_num_threads(int n) {
     if (n > 0) g_num_threads = n;
 }
 
-int mg_forced_variant[MG_NUM_OPS] = {MG_VARIANT_AUTO, MG_VARIANT_AUTO};
+int mg_forced_variant[MG_NUM_OPS] = {MG_VARIANT_AUTO, MG_VARIANT_AUTO, MG_VARIANT_AUTO};
 
 int mg_force_variant(int op, int variant) {
-    static const int count[MG_NUM_OPS] = {MG_MM_NUM_VARIANTS, MG_ATT_NUM_VARIANTS};
+    static const int count[MG_NUM_OPS] = {MG_MM_NUM_VARIANTS, MG_ATT_NUM_VARIANTS,
+                                          MG_ADAM_NUM_VARIANTS};
     if (op < 0 || op >= MG_NUM_OPS || variant < MG_VARIANT_AUTO || variant >= count[op])
         return MG_ERR_ARG;
     mg_forced_variant[op] = variant;
     return MG_OK;
+}
+
+int mg_adam_quiet_path(void) {
+    const int forced = mg_forced_variant[MG_OP_ADAM];
+    if (forced != MG_VARIANT_AUTO) return forced == MG_ADAM_QUIET;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int intel = -1;
+    if (intel < 0) {
+        __builtin_cpu_init();
+        intel = __builtin_cpu_is("intel") ? 1 : 0;
+    }
+    return intel;
+#else
+    return 0;
+#endif
 }
 
 /* The clone GCC's resolver picks for MG_HOT functions (the same CPU test),

@@ -259,7 +259,7 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(microgpt_c.OptionalDependencyError, match=r"microgpt-c\[plot\]"):
+    with pytest.raises(microgpt_c.OptionalDependencyError, match=r"pip install matplotlib"):
         microgpt_c.save_loss_plot([1.0, 2.0], tmp_path / "x.png")
     assert isinstance(microgpt_c.OptionalDependencyError("x"), ImportError)
 

@@ -174,6 +174,9 @@ def test_resume_with_other_data_config_or_dtype(tmp_path):
                        match=r"dtype='float64'.*dtype='float32'"):
         train(small_cfg(dtype="float32"), docs, resume=tmp_path)
     with pytest.raises(microgpt_c.CheckpointMismatchError, match=r"steps=40.*lr=0\.01"):
+        train(small_cfg(steps=30, lr=0.02), docs, resume=tmp_path)
+    # a longer total extends the run, but the other settings must still agree
+    with pytest.raises(microgpt_c.CheckpointMismatchError, match=r"lr=0\.01.*lr=0\.02"):
         train(small_cfg(steps=50, lr=0.02), docs, resume=tmp_path)
     # sampling settings may change
     res = train(small_cfg(temperature=0.9, num_samples=2), docs, resume=tmp_path)

@@ -5,6 +5,7 @@ name their actual cause, and format-1 checkpoints as one notice line.
 Signals are sent to subprocesses, each with a timeout."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -262,6 +263,31 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, docs_file):
     assert c.train.step == int(m.group(1)) > 0
 
 
+def test_a_signal_during_the_mpi_agreement_stops_every_rank_together():
+    """Under MPI only the agreed stop counts: a signal that arrives while a
+    rank waits in the collective (so after the others contributed "go on") is
+    acted on at the next agreement, by every rank, not by that rank alone
+    (which would abort the job)."""
+    from microgpt_c import training
+
+    interrupt = training._DeferredInterrupt()
+    calls = []
+
+    class Trainer:   # one rank's view of DataParallelModel.agree
+        def agree(self, stop, fast):
+            calls.append(stop)
+            if len(calls) == 1:            # SIGTERM lands during the first collective
+                interrupt.requested, interrupt.signum = True, signal.SIGTERM
+                return False, fast         # ... which every rank agreed as "go on"
+            return stop, fast
+
+    assert training._agree_stop(Trainer(), interrupt, True, dp=object()) == (False, True)
+    assert training._agree_stop(Trainer(), interrupt, True, dp=object()) == (True, True)
+    assert calls == [False, signal.SIGTERM] and interrupt.signum == signal.SIGTERM
+    # one process: the local flag
+    assert training._agree_stop(None, interrupt, False, dp=None) == (True, False)
+
+
 # ------------------------------------------------------------------ 6. messages
 def test_tiny_temperature_is_named(tmp_path, docs_file):
     proc = train_cli("--data", docs_file, "--temperature", "1e-310", "--steps", 2, *SMALL,
@@ -311,3 +337,238 @@ def test_format_1_checkpoint_is_one_notice_line(tmp_path, run_dir, docs_file):
         assert len(lines) == 1 and lines[0].startswith("notice: "), proc.stderr
         assert "warnings.warn" not in proc.stderr and "Warning" not in proc.stderr
         assert samples_of(proc.stdout)
+
+
+# ------------------------------------------------------------------ 8. issue 12's paths
+# The same rules for what issue 12 (text mode, validation, --keep-best,
+# --config) reads and writes: the --config file is an input, best.safetensors
+# an output; SIGTERM, resuming without --data and write errors in that loop.
+from test_own_text import make_source  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("text") / "source.txt"
+    p.write_text(make_source(), encoding="utf-8")
+    return p
+
+
+TEXT = ["--data-mode", "text", *SMALL]
+
+
+def test_outputs_that_are_the_config_file_are_refused(tmp_path, docs_file):
+    config = tmp_path / "run.toml"
+    config.write_text("steps = 3\nn-embd = 8\nn-head = 2\nblock-size = 8\n")
+    before = config.read_bytes()
+    for flag in ("--metrics-out", "--plot"):
+        proc = train_cli("--config", config, "--data", docs_file, flag, config, cwd=tmp_path)
+        assert_error(proc, flag, "is the same file as --config", "choose another path")
+        assert config.read_bytes() == before
+    # set in the config file itself
+    inside = tmp_path / "self.toml"
+    inside.write_text(f"steps = 3\nmetrics-out = {str(inside)!r}\n".replace("'", '"'))
+    before = inside.read_bytes()
+    proc = train_cli("--config", inside, "--data", docs_file, *SMALL, cwd=tmp_path)
+    assert_error(proc, "--metrics-out", "is the same file as --config")
+    assert inside.read_bytes() == before
+    # --out's checkpoint file
+    out = tmp_path / "o"
+    out.mkdir()
+    as_ckpt = out / ck.CHECKPOINT_NAME
+    as_ckpt.write_bytes(before)
+    proc = train_cli("--config", as_ckpt, "--data", docs_file, "--out", out, *SMALL,
+                     cwd=tmp_path)
+    assert_error(proc, "--out", "is the same file as --config")
+    assert as_ckpt.read_bytes() == before
+
+
+def test_best_checkpoint_that_is_an_input_or_an_output_is_refused(tmp_path, text_file):
+    out = tmp_path / "o"
+    out.mkdir()
+    data = out / "best.safetensors"
+    data.write_bytes(text_file.read_bytes())
+    proc = train_cli("--data", data, *TEXT, "--val-fraction", 0.1, "--keep-best", "--out", out,
+                     "--steps", 3, cwd=tmp_path)
+    assert_error(proc, "--out (--keep-best)", "best.safetensors", "is the same file as --data")
+    assert data.read_bytes() == text_file.read_bytes()
+    proc = train_cli("--data", text_file, *TEXT, "--val-fraction", 0.1, "--keep-best",
+                     "--out", tmp_path / "p", "--metrics-out", tmp_path / "p" / "best.safetensors",
+                     "--steps", 3, cwd=tmp_path)
+    assert_error(proc, "--out (--keep-best)", "is the same file as --metrics-out",
+                 "another output")
+    assert not (tmp_path / "p").exists()   # nothing created before the refusal
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "nested", "binary", "large"])
+def test_config_file_is_read_safely(tmp_path, kind):
+    """--config gets the data file's rules: a regular file of bounded size
+    (a FIFO would block), and no traceback for any content."""
+    path = tmp_path / "c.toml"
+    expect = {"fifo": "is a FIFO (named pipe), not a regular file",
+              "device": "is a character device, not a regular file",
+              "directory": "is a directory, not a regular file",
+              "nested": "nested too deeply", "binary": "is not valid UTF-8",
+              "large": "more than the limit"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("needs /dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "nested":
+        path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif kind == "binary":
+        path.write_bytes(b"steps = 3\n# \xff\xfe\n")
+    else:
+        path.write_text("# " + "x" * (2**20) + "\nsteps = 3\n")
+    proc = train_cli("--config", path, cwd=tmp_path, timeout=60)
+    assert_error(proc, str(path), expect)
+
+
+def test_resume_without_data_of_a_text_checkpoint(tmp_path, text_file):
+    """A text-mode run resumed without --data (in a directory whose input.txt
+    would otherwise be read) reads the checkpoint's text file, and continues
+    exactly: the same losses as the run never stopped."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (b / "input.txt").write_text("something else entirely\n" * 10)
+    opts = [*TEXT, "--val-fraction", 0.1, "--eval-every", 2, "--steps", 6, "-q",
+            "--num-samples", 1, "--max-new-tokens", 10]
+    assert_ok(train_cli("--data", text_file, *opts, "--out", a / "full", cwd=a))
+    assert_ok(train_cli("--data", text_file, *opts, "--stop-after", 3, "--out", a / "half",
+                        cwd=a))
+    proc = train_cli("--resume", a / "half", "--out", a / "half", "-q", "--num-samples", 1,
+                     cwd=b)
+    assert_ok(proc)
+    assert (f"notice: data from the checkpoint: {text_file} "
+            f"({len(text_file.read_text())} characters, text mode)") in proc.stderr
+    full, resumed = ck.load_checkpoint(a / "full"), ck.load_checkpoint(a / "half")
+    assert resumed.train.step == 6
+    assert resumed.train.losses == full.train.losses
+    # the same evaluations (and one more, at the --stop-after step)
+    assert [x for x in resumed.train.train_config["val_history"] if x[0] != 3] == \
+        full.train.train_config["val_history"]
+    assert resumed.train.train_config["data_source"] == str(text_file)
+    assert samples_of(proc.stdout) == [] and proc.stdout   # text blocks, not name lines
+
+
+def test_resume_without_data_of_a_text_checkpoint_on_the_builtin_set(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    proc = train_cli(*TEXT, "--steps", 4, "--stop-after", 2, "--out", a / "run", "-q",
+                     "--num-samples", 1, "--max-new-tokens", 5, cwd=a)
+    assert_ok(proc)
+    c = ck.load_checkpoint(a / "run")
+    assert c.train.train_config["data_source"] == "builtin:census"   # offline: the fallback
+    (b / "input.txt").write_text("other text, which must not be read\n" * 5)
+    proc = train_cli("--resume", a / "run", "-q", "--num-samples", 1, cwd=b)
+    assert_ok(proc)
+    assert "notice: data from the checkpoint: US Census first names" in proc.stderr
+    assert "(text mode)" in proc.stderr
+    assert ck.load_checkpoint(a / "run").train.step == 2   # no --out: not written again
+
+
+def _wait_for(proc, predicate, what):
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        if predicate(line):
+            return line
+    pytest.fail(f"{what} did not happen")
+
+
+def test_sigterm_during_a_text_run_with_validation_saves_and_resumes(tmp_path, text_file):
+    """SIGTERM in issue 12's loop (text mode, a validation split, --keep-best,
+    metrics): the checkpoint holds the validation history, best.safetensors is
+    intact, and a resume without --data continues the metrics file."""
+    out, metrics = tmp_path / "out", tmp_path / "m.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "microgpt_c.train", "--data", str(text_file), *map(str, TEXT),
+         "--val-fraction", "0.1", "--eval-every", "20", "--keep-best", "--steps", "50000000",
+         "--progress", "plain", "--log-every", "1000", "--out", str(out),
+         "--metrics-out", str(metrics), "--num-samples", "1", "--max-new-tokens", "5"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        _wait_for(proc, lambda line: "val loss" in line, "an evaluation")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    m = re.match(r"terminated \(SIGTERM\) after step (\d+); checkpoint saved to .+ "
+                 r"\(continue with --resume .+\); smoothed loss \d+\.\d{4}$", last)
+    assert m, stderr
+    step = int(m.group(1))
+    c = ck.load_checkpoint(out)
+    assert c.train.step == step
+    history = c.train.train_config["val_history"]
+    assert history and all(s <= step and s % 20 == 0 for s, _ in history)
+    best = ck.load_checkpoint(out / "best.safetensors")   # a valid checkpoint
+    assert min(v for _, v in history) == min(v for _, v in best.train.train_config["val_history"])
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, step + 1))
+    # resume without --data, somewhere else: continues the run and its metrics
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = train_cli("--resume", out, "--out", out, "--metrics-out", metrics, "--stop-after",
+                     step + 3, "-q", "--num-samples", 1, cwd=elsewhere)
+    assert_ok(proc)
+    assert "notice: data from the checkpoint:" in proc.stderr
+    c = ck.load_checkpoint(out)
+    assert c.train.step == step + 3
+    assert c.train.train_config["val_history"][:len(history)] == history
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, step + 4))
+    assert "val_loss" in rows[-1]    # evaluated at the stop
+
+
+def test_resuming_from_the_best_checkpoint_into_its_directory(tmp_path, text_file):
+    """--resume DIR/best.safetensors --out DIR --keep-best is allowed (as
+    --out DIR with --resume DIR): best.safetensors is read before it could
+    be replaced."""
+    out = tmp_path / "o"
+    opts = [*TEXT, "--val-fraction", 0.1, "--eval-every", 2, "--keep-best", "--steps", 10]
+    assert_ok(train_cli("--data", text_file, *opts, "--stop-after", 6, "--out", out, "-q",
+                        "--num-samples", 0, cwd=tmp_path))
+    best = ck.load_checkpoint(out / "best.safetensors")
+    proc = train_cli("--resume", out / "best.safetensors", "--out", out, "--stop-after", 8,
+                     "-q", "--num-samples", 0, cwd=tmp_path)
+    assert_ok(proc)
+    assert ck.load_checkpoint(out).train.step == 8
+    assert ck.load_checkpoint(out / "best.safetensors").train.step >= best.train.step
+
+
+def test_best_checkpoint_write_error_is_one_line(tmp_path, text_file, monkeypatch, capsys):
+    import errno
+    import importlib
+
+    from microgpt_c import safeio
+    train_mod = importlib.import_module("microgpt_c.train")
+    real = safeio.atomic_write_bytes
+
+    def full_for_best(path, data, **kw):
+        if Path(path).name == "best.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data, **kw)
+    monkeypatch.setattr(safeio, "atomic_write_bytes", full_for_best)
+    monkeypatch.setenv("MICROGPT_C_OFFLINE", "1")
+    out = tmp_path / "o"
+    rc = train_mod.main(["--data", str(text_file), *map(str, TEXT), "--val-fraction", "0.1",
+                         "--eval-every", "2", "--keep-best", "--steps", "4", "--out", str(out),
+                         "-q", "--num-samples", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: cannot write the checkpoint {out / 'best.safetensors'}: "
+                               "no space left on the device; free some disk space or write to "
+                               "another file system (the previous checkpoint, if any, is "
+                               "unchanged)\n"), err

@@ -86,9 +86,10 @@ def test_sdist_contents(dist):
     _, sdist, _ = dist
     with tarfile.open(sdist) as tf:
         names = [n.split("/", 1)[1] for n in tf.getnames() if "/" in n]
-    for required in ("pyproject.toml", "setup.py", "MANIFEST.in", "CHANGELOG.md",
-                     "csrc/microgpt.h", "csrc/microgpt.c", "csrc/kernels_impl.h",
-                     "src/microgpt_c/_core.pyx", "src/microgpt_c/_kernels.pyx",
+    for required in ("pyproject.toml", "setup.py", "MANIFEST.in", "CHANGELOG.md", "LICENSE",
+                     "csrc/microgpt.h", "csrc/train.c", "csrc/model_impl.h",
+                     "csrc/ops/matmul.h",
+                     "src/microgpt_c/_core.pyx", "src/microgpt_c/_kernels.pxi",
                      "src/microgpt_c/_cmicrogpt.pxd", "src/microgpt_c/_version.py",
                      "src/microgpt_c/py.typed", "src/microgpt_c/_core.pyi"):
         assert required in names, required
@@ -102,13 +103,23 @@ def test_wheel_contents(dist):
         names = zf.namelist()
     pkg = [n for n in names if n.startswith("microgpt_c/")]
     assert any(n.startswith("microgpt_c/_core.") and n.endswith((".so", ".pyd")) for n in pkg)
-    assert any(n.startswith("microgpt_c/_kernels.") and n.endswith((".so", ".pyd")) for n in pkg)
+    # the kernels are compiled into _core; _kernels.py re-exports them
+    assert "microgpt_c/_kernels.py" in names
     for required in ("microgpt_c/py.typed", "microgpt_c/_core.pyi", "microgpt_c/_kernels.pyi",
                      "microgpt_c/_build_config.py", "microgpt_c/train.py",
                      "microgpt_c/sample.py", "microgpt_c/checkpoint.py"):
         assert required in names, required
     sources = [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxd"))]
     assert sources == [], sources
+    # the MIT license, in the wheel's metadata directory (PEP 639: .dist-info/licenses/)
+    licenses = [n for n in names if ".dist-info/" in n and n.endswith("/LICENSE")]
+    assert licenses, [n for n in names if ".dist-info/" in n]
+    with zipfile.ZipFile(wheel) as zf:
+        text = zf.read(licenses[0]).decode("utf-8")
+    assert text.startswith("MIT License") and "microgpt_c developers" in text
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in meta and "License-File: LICENSE" in meta
     assert not [n for n in names if n.startswith(("csrc/", "tests/", "bench/"))]
 
 

@@ -5,6 +5,13 @@
  * losses = -log probs[target].
  */
 
+/* the largest of z[0 .. V) (the softmax's shift) */
+MG_INLINE REAL FN(row_max)(const REAL *z, int V) {
+    REAL maxv = z[0];
+    for (int i = 1; i < V; i++) if (z[i] > maxv) maxv = z[i];
+    return maxv;
+}
+
 #if !MG_RELAXED
 /* Exact (float64): the SPEC's sequential sum and -log p.  If p underflowed
  * to 0 (a logit gap beyond ~745), the equal log-sum-exp form stays finite. */
@@ -13,8 +20,7 @@ MG_HOT static void FN(crossentropy_rows_exact)(REAL *losses, REAL *probs, const 
     for (int n = n0; n < n1; n++) {
         const REAL *z = logits + (size_t)n * V;
         REAL *p = probs + (size_t)n * V;
-        REAL maxv = z[0];
-        for (int i = 1; i < V; i++) if (z[i] > maxv) maxv = z[i];
+        const REAL maxv = FN(row_max)(z, V);
         REAL total = 0;
         for (int i = 0; i < V; i++) { p[i] = EXP(z[i] - maxv); total += p[i]; }
         const REAL inv = RECIP(total);
@@ -35,8 +41,7 @@ MG_HOT static void FN(crossentropy_rows_relaxed)(REAL *losses, REAL *probs, cons
     for (int n = n0; n < n1; n++) {
         const REAL *z = logits + (size_t)n * V;
         REAL *p = probs + (size_t)n * V;
-        REAL maxv = z[0];
-        for (int i = 1; i < V; i++) if (z[i] > maxv) maxv = z[i];
+        const REAL maxv = FN(row_max)(z, V);
         REAL total = 0;
         REAL buf[NB];
         int i = 0;

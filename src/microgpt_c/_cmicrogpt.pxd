@@ -63,6 +63,26 @@ cdef extern from "microgpt.h" nogil:
                       int64_t n_docs, long s, int batch, int lo, int hi, double *loss)
     int mg_step_update(mg_model *model, long s, long num_steps, double lr, double beta1,
                        double beta2, double eps, double *lr_t)
+    enum:
+        MG_SCHED_LINEAR
+        MG_SCHED_COSINE
+        MG_SCHED_CONSTANT
+    ctypedef struct mg_schedule:
+        double lr, beta1, beta2, eps
+        long num_steps
+        long warmup_steps
+        int kind
+        double min_lr
+        double weight_decay
+        double grad_clip
+    int mg_schedule_check(const mg_schedule *S)
+    double mg_schedule_lr(const mg_schedule *S, long s)
+    int mg_train_steps_sched(mg_model *model, const int32_t *corpus, const int64_t *doc_starts,
+                             int64_t n_docs, long step0, long n_steps, int batch,
+                             const mg_schedule *S, double *losses, double *lrs,
+                             long *steps_done)
+    int mg_step_update_sched(mg_model *model, long s, const mg_schedule *S, double *lr_t)
+    int mg_grad_norm(mg_model *model, double *norm)
     int mg_infer_logits(mg_model *model, int token, int pos, double *logits)
     int mg_softmax_temperature(double *probs, const double *logits, int V, double temperature)
     ctypedef struct mg_mt19937:

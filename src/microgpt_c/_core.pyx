@@ -157,6 +157,43 @@ cdef object token_array(object tokens, int vocab_size, str what, bint check_rang
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
+cdef mg_schedule make_schedule(long num_steps, double lr, double beta1, double beta2,
+                               double eps, long warmup_steps, str lr_schedule, double min_lr,
+                               double weight_decay, double grad_clip) except *:
+    """The C schedule of these settings; ValueError naming a bad one."""
+    cdef mg_schedule S
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                         f"got {lr_schedule!r}")
+    S.lr, S.beta1, S.beta2, S.eps, S.num_steps = lr, beta1, beta2, eps, num_steps
+    S.warmup_steps = warmup_steps
+    S.kind = LR_SCHEDULES.index(lr_schedule)
+    S.min_lr, S.weight_decay, S.grad_clip = min_lr, weight_decay, grad_clip
+    if not 0 <= warmup_steps < num_steps:
+        raise ValueError(f"warmup_steps must be in [0, num_steps), got {warmup_steps} "
+                         f"(num_steps {num_steps})")
+    if not 0 <= min_lr <= lr:
+        raise ValueError(f"min_lr must be in [0, lr], got {min_lr!r} (lr {lr!r})")
+    if not (weight_decay >= 0 and weight_decay != float("inf")):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not (grad_clip >= 0 and grad_clip != float("inf")):
+        raise ValueError(f"grad_clip must be a finite number >= 0 (0: off), got {grad_clip!r}")
+    check(mg_schedule_check(&S), "schedule")
+    return S
+
+
+def schedule_lr(long step, long num_steps, double lr=0.01, *, long warmup_steps=0,
+                str lr_schedule="linear", double min_lr=0.0):
+    """lr_t of 0-based step ``step`` (csrc/train.c's mg_schedule_lr): with the
+    defaults the SPEC's lr * (1 - step / num_steps)."""
+    cdef mg_schedule S = make_schedule(num_steps, lr, 0.85, 0.99, 1e-8, warmup_steps,
+                                       lr_schedule, min_lr, 0.0, 0.0)
+    return mg_schedule_lr(&S, step)
+
+
 cdef class _Handle:
     """Owns the C model.  The GPT object and every NumPy view of its buffers
     reference the handle (never the GPT), so there is no reference cycle and
@@ -375,7 +412,8 @@ cdef class GPT:
 
     def train_steps(self, corpus, doc_starts, long step0, long n_steps, long num_steps,
                     int batch_size=1, double lr=0.01, double beta1=0.85, double beta2=0.99,
-                    double eps=1e-8):
+                    double eps=1e-8, *, long warmup_steps=0, str lr_schedule="linear",
+                    double min_lr=0.0, double weight_decay=0.0, double grad_clip=0.0):
         """Run ``n_steps`` steps of the SPEC's training loop in C.
 
         ``corpus`` (int32) holds every document's tokens back to back, document
@@ -385,12 +423,17 @@ cdef class GPT:
         Returns ``(losses, lrs)``, float64 arrays of ``n_steps``.  If a loss
         becomes NaN/inf, raises NonFiniteLossError with ``.step`` (1-based) and
         ``.losses`` (the completed steps) set; that step's update is not applied.
+        The keyword options (all off by default: the SPEC) are those of
+        :func:`schedule_lr` and ``weight_decay`` (decoupled, AdamW) and
+        ``grad_clip`` (global L2 norm; 0 = off), see csrc/microgpt.h.
         """
         cdef long done = 0
         cdef int rc
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
             raise ValueError("n_steps and step0 must be >= 0; num_steps, batch_size >= 1")
         check_adam_settings(lr, beta1, beta2, eps, self.dtype)
+        cdef mg_schedule S = make_schedule(num_steps, lr, beta1, beta2, eps, warmup_steps,
+                                           lr_schedule, min_lr, weight_decay, grad_clip)
         cdef int32_t[::1] c
         cdef int64_t[::1] st
         c, st = self._corpus(corpus, doc_starts, batch_size)
@@ -401,8 +444,8 @@ cdef class GPT:
         self._enter()
         try:
             with nogil:
-                rc = mg_train_steps(self._m, &c[0], &st[0], n_docs, step0, n_steps, num_steps,
-                                    batch_size, lr, beta1, beta2, eps, &lv[0], &rv[0], &done)
+                rc = mg_train_steps_sched(self._m, &c[0], &st[0], n_docs, step0, n_steps,
+                                          batch_size, &S, &lv[0], &rv[0], &done)
         finally:
             self._busy = False
         if rc == MG_ERR_NONFINITE:
@@ -462,7 +505,9 @@ cdef class GPT:
         return loss
 
     def step_update(self, long step, long num_steps, double lr=0.01, double beta1=0.85,
-                    double beta2=0.99, double eps=1e-8):
+                    double beta2=0.99, double eps=1e-8, *, long warmup_steps=0,
+                    str lr_schedule="linear", double min_lr=0.0, double weight_decay=0.0,
+                    double grad_clip=0.0):
         """The Adam update of training step ``step`` (0-based) with the
         SPEC's schedule lr_t = lr * (1 - step / num_steps), then the gradients
         zeroed; returns lr_t.  A gradient that is not finite raises
@@ -472,14 +517,27 @@ cdef class GPT:
         if step < 0 or num_steps < 1:
             raise ValueError("need step >= 0 and num_steps >= 1")
         check_adam_settings(lr, beta1, beta2, eps, self.dtype)
+        cdef mg_schedule S = make_schedule(num_steps, lr, beta1, beta2, eps, warmup_steps,
+                                           lr_schedule, min_lr, weight_decay, grad_clip)
         self._enter()
         try:
             with nogil:
-                rc = mg_step_update(self._m, step, num_steps, lr, beta1, beta2, eps, &lr_t)
+                rc = mg_step_update_sched(self._m, step, &S, &lr_t)
         finally:
             self._busy = False
         check(rc, "adam step")
         return lr_t
+
+    def grad_norm(self):
+        """The global L2 norm of the accumulated gradients (what ``grad_clip``
+        compares with): a double sum in parameter order, then sqrt."""
+        cdef double norm = 0
+        self._enter()
+        try:
+            check(mg_grad_norm(self._m, &norm), "gradient norm")
+        finally:
+            self._busy = False
+        return norm
 
     # ---------------------------------------------------------- inference
     def logits(self, token, pos):

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, List, TextIO
 from .errors import MicrogptError
 
 __all__ = ["ArgumentParser", "EXPECTED_ERRORS", "broken_pipe", "error", "format_samples",
-           "interrupted", "nonneg_int", "one_line", "positive_float", "positive_int",
-           "thread_count", "warnings_as_notices"]
+           "format_text_samples", "interrupted", "nonneg_int", "one_line", "positive_float",
+           "positive_int", "thread_count", "warnings_as_notices"]
 
 #: Exceptions a command line reports as one ``error: ...`` line (exit 2):
 #: ours, bad values, and what the operating system refuses.
@@ -96,6 +96,12 @@ def warnings_as_notices(err: TextIO) -> Iterator[None]:
 def format_samples(samples: List[str]) -> str:
     """The ``sample  N: name`` lines."""
     return "".join(f"sample {i + 1:2d}: {name}\n" for i, name in enumerate(samples))
+
+
+def format_text_samples(samples: List[str]) -> str:
+    """Text-mode samples: each under a ``--- sample N ---`` line, as it is."""
+    return "".join(f"--- sample {i + 1} ---\n{text}" + ("" if text.endswith("\n") else "\n")
+                   for i, text in enumerate(samples))
 
 
 def error(message: str) -> int:

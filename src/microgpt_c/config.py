@@ -10,8 +10,8 @@ from typing import Optional, Union
 from .errors import ConfigError
 from .validate import integer, optional_positive_int, positive_float, positive_int
 
-__all__ = ["BACKENDS", "MAX_C_INT", "MAX_STEPS", "MAX_THREADS", "RUN_FIELDS", "PathArg", "TrainConfig",
-           "check_temperature"]
+__all__ = ["BACKENDS", "DATA_MODES", "LR_SCHEDULES", "MAX_C_INT", "MAX_STEPS", "MAX_THREADS",
+           "OPTION_DEFAULTS", "RUN_FIELDS", "PathArg", "TrainConfig", "check_temperature"]
 
 PathArg = Union[str, "os.PathLike[str]"]
 BACKENDS = ("c", "reference")
@@ -20,7 +20,15 @@ MAX_STEPS = 2**62        # steps are C longs (and int64 step counters)
 MAX_THREADS = 1024       # more OpenMP threads crash libgomp (as _core.MAX_THREADS)
 #: Settings that define a run: resuming with any of them changed is an error.
 RUN_FIELDS = ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size", "lr",
-              "beta1", "beta2", "eps", "seed", "dtype")
+              "beta1", "beta2", "eps", "seed", "dtype", "data_mode", "val_fraction",
+              "warmup_steps", "lr_schedule", "min_lr", "weight_decay", "grad_clip")
+#: RUN_FIELDS a checkpoint written before they existed did not record: their
+#: defaults (the SPEC's).
+OPTION_DEFAULTS = {"data_mode": "lines", "val_fraction": 0.0, "warmup_steps": 0,
+                   "lr_schedule": "linear", "min_lr": 0.0, "weight_decay": 0.0,
+                   "grad_clip": 0.0}
+DATA_MODES = ("lines", "text")
+LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
@@ -47,6 +55,18 @@ class TrainConfig:
         default_factory=lambda: os.environ.get("MICROGPT_C_BACKEND", "c") or "c")
     threads: Optional[int] = None       # None: OpenMP's default ($OMP_NUM_THREADS)
     metrics_out: Optional[str] = None
+    # ---- opt-in extensions (issue 12); every default is the SPEC
+    data_mode: str = "lines"            # lines: one document per line; text: one char stream
+    val_fraction: float = 0.0           # held-out share: last docs of the shuffle / end of text
+    eval_every: Optional[int] = None    # None: 10 evaluations per run when there is a split
+    eval_tokens: Optional[int] = None   # None: the whole split; else a fixed sample of it
+    keep_best: bool = False             # also write best.safetensors (lowest val loss)
+    warmup_steps: int = 0               # linear warmup from lr/W to lr over W steps
+    lr_schedule: str = "linear"         # linear | cosine | constant (after the warmup)
+    min_lr: float = 0.0                 # where linear/cosine end
+    weight_decay: float = 0.0           # decoupled (AdamW): p -= lr_t * wd * p
+    grad_clip: float = 0.0              # global L2 norm clip; 0: off
+    max_new_tokens: Optional[int] = None  # generate N tokens (past the block); None: SPEC
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first invalid setting; return self."""
@@ -77,9 +97,41 @@ class TrainConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got "
                               f"{self.backend!r} (check MICROGPT_C_BACKEND)")
+        if self.data_mode not in DATA_MODES:
+            raise ConfigError(f"data-mode must be one of {', '.join(DATA_MODES)}, got "
+                              f"{self.data_mode!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                              f"{self.lr_schedule!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+            raise ConfigError(f"val-fraction must be in [0, 1), got {self.val_fraction!r}")
+        optional_positive_int(self.eval_every, "eval-every")
+        optional_positive_int(self.eval_tokens, "eval-tokens")
+        optional_positive_int(self.max_new_tokens, "max-new-tokens")
+        positive_int(self.warmup_steps, "warmup-steps", minimum=0)
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup-steps ({self.warmup_steps}) must be less than steps "
+                              f"({self.steps})")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0, "
+                                  f"got {value!r}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min-lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"keep-best must be true or false, got {self.keep_best!r}")
         if self.backend == "reference" and self.dtype != "float64":
             raise ConfigError("the reference backend is float64 only; use --dtype float64")
         return self
+
+    def schedule_options(self) -> dict:
+        """The keyword options of ``GPT.train_steps`` that differ from the
+        SPEC's (empty for the SPEC's run)."""
+        opts = {"warmup_steps": int(self.warmup_steps), "lr_schedule": self.lr_schedule,
+                "min_lr": float(self.min_lr), "weight_decay": float(self.weight_decay),
+                "grad_clip": float(self.grad_clip)}
+        return {k: v for k, v in opts.items() if v != OPTION_DEFAULTS[k]}
 
 
 def check_temperature(temperature: float) -> None:

@@ -38,10 +38,16 @@ __all__ = [
     "Tokenizer",
     "builtin_names",
     "cache_dir",
+    "encode_text",
     "load_documents",
+    "load_text",
     "pack_corpus",
+    "pack_windows",
+    "read_text",
     "read_documents",
     "sha256_of_documents",
+    "text_eval_windows",
+    "window_offsets",
 ]
 
 PathArg = Union[str, "os.PathLike[str]"]
@@ -476,3 +482,139 @@ def _distinct_chars(docs: Iterable[str]) -> List[str]:
         if text:
             seen[_code_points(text)] = True
     return [chr(c) for c in np.flatnonzero(seen).tolist()]
+
+
+# --------------------------------------------------------------------------- text mode
+#: A text-mode run's windows: step s, example b is the window of block_size + 1
+#: tokens starting at offset ``window_offsets(seed, s * batch + b, ...)``.
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def read_text(path: PathArg) -> str:
+    """The whole UTF-8 text of a file as one character stream: newlines
+    (``\\r\\n`` and ``\\r`` become ``\\n``), indentation and blank lines kept, a
+    leading byte order mark dropped.  Raises DataFileNotFound / DataError as
+    :func:`read_documents` does."""
+    path = Path(os.fspath(path))
+    try:
+        limit = safeio.max_bytes(safeio.MAX_DATA_ENV, safeio.DEFAULT_MAX_DATA_BYTES)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    try:   # a regular file of a bounded size only (no FIFO, device, directory)
+        raw = safeio.read_regular_file(path, what="data file", error=DataError, limit=limit,
+                                       env_var=safeio.MAX_DATA_ENV, not_found=DataFileNotFound)
+    except DataFileNotFound:
+        raise DataFileNotFound(f"data file not found: {path}; check the path") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{path} looks like a binary file (NUL byte at byte offset {nul})")
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid UTF-8 (invalid byte at byte offset "
+                        f"{exc.start + bom}); re-save it with UTF-8 encoding") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        raise DataError(f"{path} is empty")
+    return text
+
+
+def load_text(data: PathArg | None = None, *, fetch: bool = True) -> tuple[str, str]:
+    """Text mode's :func:`load_documents`: the text and a one-line description
+    (the file ``data``, else ``input.txt``, else the built-in names, one per
+    line)."""
+    if data is not None:
+        text = read_text(data)
+        return text, f"data: {os.fspath(data)} ({len(text)} characters, text mode)"
+    input_txt = Path.cwd() / "input.txt"
+    if input_txt.exists():
+        text = read_text(input_txt)
+        return text, f"data: input.txt in the current directory ({len(text)} characters, text mode)"
+    docs, description = builtin_names(fetch)
+    text = "\n".join(docs) + "\n"
+    return text, f"{description}, as one text of {len(text)} characters (text mode)"
+
+
+def encode_text(tokenizer: Tokenizer, text: str):
+    """The token ids of ``text`` as an int32 array (no BOS)."""
+    import numpy as np
+
+    table = {ord(ch): i for i, ch in enumerate(tokenizer.uchars)}
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    try:
+        ids = np.array([table[int(c)] for c in uniq], dtype=np.int32)
+    except KeyError:
+        tokenizer.encode(text)  # raises the detailed DataError
+        raise
+    return ids[inverse.reshape(-1)]
+
+
+def _splitmix64(x):
+    """SplitMix64's output function of uint64 array ``x`` (wrapping arithmetic)."""
+    import numpy as np
+
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def window_offsets(seed: int, first: int, count: int, n_offsets: int):
+    """Offsets of the windows ``first .. first + count - 1`` of a text-mode run
+    (window i = step s's example b for i = s * batch + b), each in
+    ``[0, n_offsets)``: ``splitmix64(key + (i + 1) * golden) % n_offsets`` with
+    ``key`` from the SHA-256 of the seed.  A pure function of (seed, i), so any
+    chunking of the steps, and a resume, draws the same windows."""
+    import numpy as np
+
+    key = int.from_bytes(hashlib.sha256(f"microgpt_c.text-windows:{int(seed)}".encode())
+                         .digest()[:8], "little")
+    i = np.arange(first + 1, first + count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = np.uint64(key) + i * np.uint64(_GOLDEN)
+    return (_splitmix64(x) % np.uint64(n_offsets)).astype(np.int64)
+
+
+def pack_windows(ids, block_size: int, seed: int, step0: int, n_steps: int, batch: int):
+    """The packed corpus of steps ``step0 .. step0 + n_steps - 1`` of a
+    text-mode run over the token ids ``ids``: ``n_steps * batch`` windows of
+    ``block_size + 1`` tokens, the one of (step s, example b) at document
+    index ``(s * batch + b) % (n_steps * batch)`` -- the document
+    ``GPT.train_steps`` trains step s's example b on.  Returns
+    ``(corpus, doc_starts)``."""
+    import numpy as np
+
+    width = block_size + 1
+    n_offsets = int(ids.shape[0]) - width + 1
+    if n_offsets < 1:
+        raise DataError(f"the training text has {ids.shape[0]} characters; text mode needs at "
+                        f"least block_size + 1 = {width}")
+    n = n_steps * batch
+    first = step0 * batch
+    offsets = window_offsets(seed, first, n, n_offsets)
+    slots = (np.arange(first, first + n, dtype=np.int64)) % n
+    order = np.empty(n, dtype=np.int64)
+    order[slots] = offsets
+    corpus = ids[order[:, None] + np.arange(width, dtype=np.int64)[None, :]].reshape(-1)
+    starts = np.arange(n + 1, dtype=np.int64) * width
+    return np.ascontiguousarray(corpus, dtype=np.int32), starts
+
+
+def text_eval_windows(ids, block_size: int):
+    """The validation windows of a held-out text: consecutive windows of
+    ``block_size + 1`` tokens at stride ``block_size`` (every token but the
+    first of the split is predicted once); a split shorter than that is one
+    window of all of it (at least 2 tokens)."""
+    width = block_size + 1
+    n = int(ids.shape[0])
+    if n < 2:
+        return []
+    if n < width:
+        return [ids]
+    return [ids[i:i + width] for i in range(0, n - width + 1, block_size)]

@@ -80,7 +80,8 @@ __all__ = ["DataParallelModel", "DistributedError", "Session", "check_batch_size
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 REDUCTIONS = ("allreduce", "ordered")
-INSTALL_HINT = "pip install 'microgpt-c[mpi]' (installs mpi4py and the mpich wheel)"
+INSTALL_HINT = ("pip install mpi4py mpich (or, from a checkout of microgpt_c: "
+                "pip install '.[mpi]')")
 
 _OK, _NONFINITE, _ERROR = 0.0, 1.0, 2.0
 
@@ -601,14 +602,17 @@ class DataParallelModel:
     # ---------------------------------------------------------------- training
     def train_steps(self, corpus, doc_starts, step0: int, n_steps: int, num_steps: int,
                     batch_size: int = 1, lr: float = 0.01, beta1: float = 0.85,
-                    beta2: float = 0.99, eps: float = 1e-8):
+                    beta2: float = 0.99, eps: float = 1e-8, **options):
         """``GPT.train_steps`` data-parallel: step ``s`` trains on documents
         ``(s * batch_size + b) % n_docs``, this rank on its share of ``b``;
         the gradients are summed over the ranks, then every rank applies
         Adam with ``lr_t = lr * (1 - s / num_steps)`` at ``t = s + 1``.
         Returns ``(losses, lrs)`` (whole-batch losses).  A non-finite loss
         raises NonFiniteLossError (``.step``, ``.losses``) and a failing rank
-        DistributedError, on every rank, at that step, without its update."""
+        DistributedError, on every rank, at that step, without its update.
+        ``options`` (warmup_steps, lr_schedule, min_lr, weight_decay,
+        grad_clip) are ``GPT.train_steps``'s, applied to the summed gradients
+        by ``GPT.step_update``."""
         step0, n_steps, num_steps = int(step0), int(n_steps), int(num_steps)
         batch_size = int(batch_size)
         if n_steps < 0 or step0 < 0 or num_steps < 1 or batch_size < 1:
@@ -651,7 +655,7 @@ class DataParallelModel:
         for i in range(n_steps):
             s = step0 + i
             losses[i], lrs[i] = step(corpus, starts, per, batch_size, s, num_steps, lr, beta1,
-                                     beta2, eps, losses[:i])
+                                     beta2, eps, losses[:i], options)
         return losses, lrs
 
     def _nonfinite(self, value: float, s: int, done: np.ndarray,
@@ -665,7 +669,7 @@ class DataParallelModel:
         return err
 
     def _local_step(self, corpus, starts, per, batch_size, s, num_steps, lr, beta1, beta2,
-                    eps, done):
+                    eps, done, options=None):
         """The K shares one after the other in this process, their gradients
         summed in rank order (as ``reduction="ordered"`` does, and as any
         Allreduce does for K = 2)."""
@@ -699,7 +703,7 @@ class DataParallelModel:
                 grads += parts[k]
         t2 = time.perf_counter()
         try:
-            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps)
+            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps, **(options or {}))
         except NonFiniteLossError:   # nothing applied, the gradients zeroed
             raise self._nonfinite(float("nan"), s, done, "gradient") from None
         st = self.stats
@@ -710,7 +714,7 @@ class DataParallelModel:
         return loss, lr_t
 
     def _mpi_step(self, corpus, starts, per, batch_size, s, num_steps, lr, beta1, beta2, eps,
-                  done):
+                  done, options=None):
         sess = self.session
         assert sess is not None
         MPI, comm, model, K = sess.MPI, sess.comm, self.model, sess.size
@@ -767,7 +771,7 @@ class DataParallelModel:
         for k in range(1, K):
             total += float(every[k, 0])
         try:   # the same reduced gradient on every rank, so the same answer
-            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps)
+            lr_t = model.step_update(s, num_steps, lr, beta1, beta2, eps, **(options or {}))
         except NonFiniteLossError:   # nothing applied, the gradients zeroed
             sess.collective_failure = True
             raise self._nonfinite(float("nan"), s, done, "gradient") from None

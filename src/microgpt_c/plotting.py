@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Tuple, Optional, Sequence
 
 from .checkpoint import atomic_write_bytes
 from .config import PathArg
@@ -14,7 +14,8 @@ from .errors import ConfigError, OptionalDependencyError
 
 __all__ = ["check_plot_target", "save_loss_plot"]
 
-_PLOT_HINT = "install it with: pip install 'microgpt-c[plot]' (or pip install matplotlib)"
+_PLOT_HINT = ("install it with: pip install matplotlib (or, from a checkout of microgpt_c: "
+              "pip install '.[plot]')")
 
 
 def _matplotlib():
@@ -45,7 +46,8 @@ def check_plot_target(path: PathArg) -> Path:
 
 
 def save_loss_plot(losses: Sequence[float], path: PathArg, window: Optional[int] = None,
-                   title: Optional[str] = None) -> Path:
+                   title: Optional[str] = None,
+                   val_losses: Optional[Sequence[Tuple[int, float]]] = None) -> Path:
     """Save the loss curve (per-step loss and its moving average over
     ``window`` steps, default ~1/20 of the run) to ``path`` (atomically); the
     format follows the suffix (.png, .svg, .pdf, ...).  Needs matplotlib."""
@@ -67,6 +69,9 @@ def save_loss_plot(losses: Sequence[float], path: PathArg, window: Optional[int]
         ma = (c[window:] - c[:-window]) / window
         ax.plot(steps[window - 1:], ma, lw=1.8, color="tab:orange",
                 label=f"moving average ({window} steps)")
+    if val_losses:
+        ax.plot([a for a, _ in val_losses], [b for _, b in val_losses], "o-", lw=1.5,
+                ms=4, color="tab:green", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or f"microgpt_c training loss ({n} steps)")

@@ -81,7 +81,7 @@ class ReferenceBackendGPT:
         return self.forward_backward_batch([tokens])
 
     def train_steps(self, corpus, doc_starts, step0, n_steps, num_steps, batch_size=1,
-                    lr=0.01, beta1=0.85, beta2=0.99, eps=1e-8):
+                    lr=0.01, beta1=0.85, beta2=0.99, eps=1e-8, **options):
         model = self._model()
         corpus = np.asarray(corpus).tolist()
         starts = np.asarray(doc_starts).tolist()
@@ -92,8 +92,16 @@ class ReferenceBackendGPT:
             docs = [(s * batch_size + b) % n_docs for b in range(batch_size)]
             losses[i] = self.forward_backward_batch(
                 [corpus[starts[d]:starts[d + 1]] for d in docs])
-            lrs[i] = model.adam_step(s, num_steps, lr, beta1, beta2, eps)
+            lrs[i] = model.adam_step(s, num_steps, lr, beta1, beta2, eps, **options)
         return losses, lrs
+
+    def forward_batch(self, sequences: Sequence[Sequence[int]], total_docs=None) -> float:
+        """Loss of a batch without gradients: (sum of the documents' mean
+        token losses) / total_docs (default: their number)."""
+        model = self._model()
+        seqs = [self._check_tokens(s, f"document {d}") for d, s in enumerate(sequences)]
+        total = len(seqs) if total_docs is None else total_docs
+        return sum(model.sequence_loss(s).data for s in seqs) / total
 
     def logits(self, token: int, pos: int):
         if not 0 <= pos < self.block_size:

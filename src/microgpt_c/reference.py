@@ -160,6 +160,29 @@ def param_shapes(vocab_size, n_layer, n_embd, block_size):
     return shapes
 
 
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
+def schedule_lr(step, num_steps, lr=0.01, *, warmup_steps=0, lr_schedule="linear", min_lr=0.0):
+    """lr_t of 0-based step ``step``: the SPEC's ``lr * (1 - step / num_steps)``
+    by default; W = warmup_steps, f = (step - W) / (num_steps - W):
+    step < W: lr * (step + 1) / W; linear: min_lr + (lr - min_lr) * (1 - f);
+    cosine: min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * f)); constant: lr."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    w = max(warmup_steps, 0)
+    if step < w:
+        return lr * (step + 1) / w
+    if lr_schedule == "constant":
+        return lr
+    if w == 0 and min_lr == 0.0 and lr_schedule == "linear":
+        return lr * (1 - step / num_steps)
+    f = (step - w) / (num_steps - w)
+    if lr_schedule == "cosine":
+        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * f))
+    return min_lr + (lr - min_lr) * (1.0 - f)
+
+
 class ReferenceGPT:
     """The one-token-at-a-time GPT of the SPEC, with Adam, on ``Value`` scalars."""
 
@@ -220,9 +243,29 @@ class ReferenceGPT:
 
     # -- optimiser
     def adam_step(self, step, num_steps, learning_rate=0.01, beta1=0.85, beta2=0.99,
-                  eps_adam=1e-8):
-        lr_t = learning_rate * (1 - step / num_steps)
+                  eps_adam=1e-8, *, warmup_steps=0, lr_schedule="linear", min_lr=0.0,
+                  weight_decay=0.0, grad_clip=0.0):
+        """The SPEC's Adam step (defaults), or with the options of the C core
+        (csrc/microgpt.h's mg_schedule): the schedule of :func:`schedule_lr`,
+        clipping to the global L2 norm ``grad_clip`` and decoupled weight
+        decay, as the C core does them (clip, decay, then Adam)."""
+        lr_t = schedule_lr(step, num_steps, learning_rate, warmup_steps=warmup_steps,
+                           lr_schedule=lr_schedule, min_lr=min_lr)
         m, v = self.m, self.v
+        if grad_clip > 0 or weight_decay > 0:
+            acc = 0.0
+            for p in self.params:
+                acc += p.grad * p.grad
+            norm = math.sqrt(acc)
+            if math.isfinite(norm):
+                if grad_clip > 0 and norm > grad_clip:
+                    scale = grad_clip / norm
+                    for p in self.params:
+                        p.grad = p.grad * scale
+                if weight_decay > 0:
+                    k = lr_t * weight_decay
+                    for p in self.params:
+                        p.data = p.data - k * p.data
         for i, p in enumerate(self.params):
             m[i] = beta1 * m[i] + (1 - beta1) * p.grad
             v[i] = beta2 * v[i] + (1 - beta2) * p.grad ** 2

@@ -8,12 +8,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import data as data_mod
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import RUN_FIELDS, PathArg, TrainConfig
+from .config import OPTION_DEFAULTS, RUN_FIELDS, PathArg, TrainConfig
 from .errors import CheckpointError, CheckpointMismatchError
 from .validate import is_int, is_number
 
-__all__ = ["check_finite_parameters", "check_resume_compatible", "check_resume_data", "check_resume_vocabulary",
-           "config_from_checkpoint", "open_resume", "sampling_defaults"]
+__all__ = ["check_finite_parameters", "check_resume_compatible", "check_resume_data",
+           "check_resume_vocabulary", "config_from_checkpoint", "open_resume",
+           "sampling_defaults"]
 
 
 def config_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
@@ -24,13 +25,11 @@ def config_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
     if ckpt.train is None:
         raise CheckpointError(f"{ckpt.path} has no training state (it was saved outside "
                               "training): it can be sampled from but not resumed")
-    t = ckpt.train
-    run = {"steps": t.num_steps, "n_layer": ckpt.config["n_layer"],
-           "n_embd": ckpt.config["n_embd"], "n_head": ckpt.config["n_head"],
-           "block_size": ckpt.config["block_size"], "batch_size": t.batch_size, "lr": t.lr,
-           "beta1": t.beta1, "beta2": t.beta2, "eps": t.eps, "seed": t.seed,
-           "dtype": ckpt.dtype}
-    _check_same(ckpt, run, {k: v for k, v in overrides.items() if k in RUN_FIELDS})
+    run = run_settings(ckpt)
+    mine = {k: v for k, v in overrides.items() if k in RUN_FIELDS}
+    if _extends(ckpt, mine.get("steps")):
+        run["steps"] = mine["steps"]   # extending the run: the schedule over the new total
+    _check_same(ckpt, run, mine)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(overrides) - fields
     if unknown:
@@ -40,6 +39,36 @@ def config_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
     kwargs.update(run)
     kwargs.update({k: v for k, v in overrides.items() if k not in RUN_FIELDS})
     return TrainConfig(**kwargs)
+
+
+def run_settings(ckpt: Checkpoint) -> Dict[str, Any]:
+    """The settings of :data:`RUN_FIELDS` of the run that wrote ``ckpt``
+    (those a checkpoint from before they existed lacks: their defaults)."""
+    t = ckpt.train
+    assert t is not None
+    run = {"steps": t.num_steps, "n_layer": ckpt.config["n_layer"],
+           "n_embd": ckpt.config["n_embd"], "n_head": ckpt.config["n_head"],
+           "block_size": ckpt.config["block_size"], "batch_size": t.batch_size, "lr": t.lr,
+           "beta1": t.beta1, "beta2": t.beta2, "eps": t.eps, "seed": t.seed,
+           "dtype": ckpt.dtype}
+    for key, default in OPTION_DEFAULTS.items():
+        run[key] = t.train_config.get(key, default)
+    return run
+
+
+def _extends(ckpt: Checkpoint, steps: Any) -> bool:
+    """True if ``steps`` is a longer total than the checkpoint's run: resuming
+    then continues it to the new total, the learning-rate schedule computed
+    over the new total from the current step on."""
+    return (ckpt.train is not None and is_int(steps, 1) and steps > ckpt.train.num_steps)
+
+
+#: settings (not defining the run) that resuming takes from the checkpoint's run
+#: unless given
+_CARRIED = {"eval_every": lambda v: v is None or is_int(v, 1),
+            "eval_tokens": lambda v: v is None or is_int(v, 1),
+            "keep_best": lambda v: isinstance(v, bool),
+            "max_new_tokens": lambda v: v is None or is_int(v, 1)}
 
 
 def sampling_defaults(ckpt: Checkpoint) -> Dict[str, Any]:
@@ -59,6 +88,9 @@ def sampling_defaults(ckpt: Checkpoint) -> Dict[str, Any]:
     value = tc.get("prefix")
     if isinstance(value, str):
         out["prefix"] = value
+    for key, ok in _CARRIED.items():
+        if key in tc and ok(tc[key]):
+            out[key] = tc[key]
     return out
 
 
@@ -75,8 +107,10 @@ def check_resume_compatible(cfg: TrainConfig, ckpt: Checkpoint) -> None:
     """Raise CheckpointMismatchError if ``cfg`` differs from the checkpoint's
     run in any of :data:`RUN_FIELDS`."""
     ref = config_from_checkpoint(ckpt)
-    _check_same(ckpt, {k: getattr(ref, k) for k in RUN_FIELDS},
-                {k: getattr(cfg, k) for k in RUN_FIELDS})
+    run = {k: getattr(ref, k) for k in RUN_FIELDS}
+    if _extends(ckpt, cfg.steps):
+        run["steps"] = cfg.steps
+    _check_same(ckpt, run, {k: getattr(cfg, k) for k in RUN_FIELDS})
 
 
 def check_finite_parameters(ckpt: Checkpoint, adam: bool = True) -> None:

@@ -22,21 +22,30 @@ from . import data as data_mod
 from ._version import __version__
 from .checkpoint import Checkpoint, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
-                  interrupted, nonneg_int, one_line, positive_float, positive_int,
-                  thread_count, warnings_as_notices)
+                  format_text_samples, interrupted, nonneg_int, one_line, positive_float,
+                  positive_int, thread_count, warnings_as_notices)
 from .errors import MicrogptError
 from .model import GPT
 from .resume import check_finite_parameters, sampling_defaults
-from .sampling import sample_names
+from .sampling import default_text_prefix, generate, sample_names
 from .validate import optional_positive_int
 
-__all__ = ["build_parser", "main", "sample_checkpoint"]
+__all__ = ["build_parser", "checkpoint_data_mode", "main", "sample_checkpoint"]
+
+TEXT_SAMPLE_TOKENS = 500  # text mode: characters per sample without --max-new-tokens
+
+
+def checkpoint_data_mode(ckpt: Checkpoint) -> str:
+    """'text' if the run that wrote ``ckpt`` trained in text mode, else 'lines'."""
+    tc = ckpt.train.train_config if ckpt.train is not None else {}
+    return "text" if tc.get("data_mode") == "text" else "lines"
 
 
 def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
                       temperature: Optional[float] = None, top_k: Optional[int] = None,
                       prefix: Optional[str] = None, seed: Optional[int] = None,
-                      threads: Optional[int] = None, model: Optional[GPT] = None) -> List[str]:
+                      threads: Optional[int] = None, model: Optional[GPT] = None,
+                      max_new_tokens: Optional[int] = None) -> List[str]:
     """Sample from a loaded checkpoint.  Settings left as None take the values
     of the run that wrote it (else the SPEC's defaults); ``seed=None``
     continues the checkpoint's saved random stream (``random.Random(42)``
@@ -50,10 +59,10 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
     if optional_positive_int(threads, "threads") is not None:
         set_num_threads(threads)
     settings: Dict[str, Any] = {"num_samples": 20, "temperature": 0.5, "top_k": None,
-                                "prefix": ""}
+                                "prefix": "", "max_new_tokens": None}
     settings.update(sampling_defaults(ckpt))
     for key, value in (("num_samples", num_samples), ("temperature", temperature),
-                       ("top_k", top_k), ("prefix", prefix)):
+                       ("top_k", top_k), ("prefix", prefix), ("max_new_tokens", max_new_tokens)):
         if value is not None:
             settings[key] = value
     if model is None:
@@ -66,6 +75,16 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
         rng.setstate(ckpt.train.rng_state)
     else:
         rng = random.Random(42)
+    if checkpoint_data_mode(ckpt) == "text":
+        return generate(model, tokenizer, rng, settings["num_samples"],
+                        settings["max_new_tokens"] or TEXT_SAMPLE_TOKENS,
+                        settings["temperature"], top_k=settings["top_k"],
+                        prefix=settings["prefix"] or default_text_prefix(tokenizer),
+                        text_mode=True)
+    if settings["max_new_tokens"] is not None:
+        return generate(model, tokenizer, rng, settings["num_samples"],
+                        settings["max_new_tokens"], settings["temperature"],
+                        top_k=settings["top_k"], prefix=settings["prefix"])
     return sample_names(model, tokenizer, rng, settings["num_samples"], settings["temperature"],
                         top_k=settings["top_k"], prefix=settings["prefix"])
 
@@ -90,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "stream, which reproduces the training run's samples)")
     p.add_argument("--prefix", default=None, metavar="TEXT",
                    help="start every sample with TEXT (its characters must be in the "
-                        "vocabulary)")
+                        "vocabulary; text mode default: a newline)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help="generate N characters per sample, past the block (the context cropped "
+                        "to the last block_size characters); lines mode still stops at the end "
+                        "of a document (default: the training run's; else lines mode stops at "
+                        f"the end of a document or the block, text mode makes "
+                        f"{TEXT_SAMPLE_TOKENS})")
     p.add_argument("--threads", type=thread_count, default=None, metavar="N",
                    help="OpenMP threads, at most 1024 (default: $OMP_NUM_THREADS or all cores)")
     p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
@@ -104,8 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             ckpt = load_checkpoint(args.checkpoint)
         samples = sample_checkpoint(ckpt, num_samples=args.num_samples,
                                     temperature=args.temperature, top_k=args.top_k,
-                                    prefix=args.prefix, seed=args.seed, threads=args.threads)
-        sys.stdout.write(format_samples(samples))
+                                    prefix=args.prefix, seed=args.seed, threads=args.threads,
+                                    max_new_tokens=args.max_new_tokens)
+        text = checkpoint_data_mode(ckpt) == "text"
+        sys.stdout.write(format_text_samples(samples) if text else format_samples(samples))
         sys.stdout.flush()
     except KeyboardInterrupt:
         return interrupted()

@@ -12,7 +12,7 @@ from .config import check_temperature
 from .errors import MicrogptError, SequenceLengthError, VocabularyError
 from .validate import optional_positive_int, positive_float, positive_int
 
-__all__ = ["check_prefix", "sample_names", "softmax_for"]
+__all__ = ["check_prefix", "default_text_prefix", "generate", "sample_names", "softmax_for"]
 
 
 def softmax_for(model) -> Callable[..., Any]:
@@ -109,3 +109,80 @@ def check_prefix(prefix: str, tokenizer: data_mod.Tokenizer, block_size: int) ->
         raise SequenceLengthError(f"the prefix has {len(prefix)} characters but the model's "
                                   f"block_size is {block_size}")
     return tokenizer.encode(prefix)
+
+
+def default_text_prefix(tokenizer: data_mod.Tokenizer) -> str:
+    """Where a text-mode sample starts without ``--prefix``: a newline, or
+    (a text without one) its first character in the vocabulary."""
+    return "\n" if "\n" in tokenizer.uchars else tokenizer.uchars[0]
+
+
+def generate(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_samples: int,
+             max_new_tokens: int, temperature: float, top_k: Optional[int] = None,
+             prefix: str = "", text_mode: bool = False) -> List[str]:
+    """Generate ``max_new_tokens`` tokens per sample, past the block if need
+    be (nanoGPT's ``generate``: the context is cropped to its last
+    block_size tokens).  Lines mode (``text_mode`` False): the context starts
+    as ``[BOS] + prefix`` and a sample stops early at BOS (the SPEC's
+    sampling, without the block limit).  Text mode: the context is the
+    prefix alone (training windows have no BOS; BOS is never drawn) and
+    every sample has exactly ``max_new_tokens`` characters after it.
+
+    One ``rng.choices`` draw per token, as the SPEC's sampling.  The KV cache:
+    while the context fits in the block each token costs one forward; when
+    it is full, the cache is rebuilt from the last ``block_size // 2`` tokens
+    (that many forwards), so the model always sees between block_size // 2
+    and block_size tokens of context and a token costs at most 2 forwards on
+    average (re-feeding the whole cropped window for every token, exact
+    nanoGPT, would cost block_size)."""
+    import numpy as np
+
+    positive_int(num_samples, "num_samples", minimum=0)
+    positive_int(max_new_tokens, "max_new_tokens")
+    positive_float(temperature, "temperature")
+    check_temperature(temperature)
+    optional_positive_int(top_k, "top-k")
+    T = model.block_size
+    ids = check_prefix(prefix, tokenizer, T if not text_mode else max(T, len(prefix)))
+    if text_mode and not ids:
+        raise VocabularyError("a text-mode sample needs a prefix of at least one character")
+    softmax = softmax_for(model)
+    population = range(tokenizer.vocab_size)
+    bos = tokenizer.bos
+    keep = max(1, T // 2)
+    samples = []
+
+    def feed(tokens):
+        logits = None
+        for pos, tok in enumerate(tokens):
+            logits = model.logits(tok, pos)
+        return logits
+
+    for _ in range(num_samples):
+        context = list(ids) if text_mode else [bos, *ids]
+        out = list(prefix)
+        window = context[-T:]
+        logits = feed(window)
+        filled = len(window)
+        for _ in range(max_new_tokens):
+            probs = np.asarray(softmax(logits, temperature), dtype=np.float64)
+            if top_k is not None and top_k < tokenizer.vocab_size:
+                keep_ids = np.argsort(-np.asarray(logits), kind="stable")[:top_k]
+                masked = np.zeros_like(probs)
+                masked[keep_ids] = probs[keep_ids]
+                probs = masked
+            if text_mode:
+                probs[bos] = 0.0
+            token = rng.choices(population, weights=probs.tolist())[0]
+            if token == bos:
+                break
+            out.append(tokenizer.uchars[token])
+            context.append(token)
+            if filled < T:
+                logits = model.logits(token, filled)
+                filled += 1
+            else:  # the block is full: rebuild the cache from the last `keep` tokens
+                logits = feed(context[-keep:])
+                filled = keep
+        samples.append("".join(out))
+    return samples
