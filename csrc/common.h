@@ -139,9 +139,10 @@ static inline mg_fp_state_t mg_fp_enter_state(mg_fp_state_t caller) {
  * the rule that picks one lives next to the op). */
 enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_OP_ADAM = 2, MG_NUM_OPS = 3 };
 enum { MG_VARIANT_AUTO = -1 };
-/* matmul forward: token lanes (copies of the inputs, lanes over tokens) or
- * a transposed weight (lanes over output channels) */
-enum { MG_MM_TOKEN_LANES = 0, MG_MM_WT = 1, MG_MM_NUM_VARIANTS = 2 };
+/* matmul: token lanes (copies of the inputs, lanes over tokens), a
+ * transposed weight (lanes over output channels), or the packed GEMM
+ * (ops/gemm.h: large products, forward and both backward halves) */
+enum { MG_MM_TOKEN_LANES = 0, MG_MM_WT = 1, MG_MM_GEMM = 2, MG_MM_NUM_VARIANTS = 3 };
 /* attention: rows (scalar, any shape), query lanes (one document, lanes
  * over queries), channel lanes (small heads, lanes over channels) */
 enum { MG_ATT_ROWS = 0, MG_ATT_QUERY_LANES = 1, MG_ATT_CHANNEL_LANES = 2,

@@ -16,6 +16,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/elementwise.h"
 #include "ops/adam.h"
+#include "ops/gemm.h"
 #include "ops/matmul.h"
 #include "ops/attention.h"
 #include "ops/crossentropy.h"

@@ -121,30 +121,41 @@ static void FN(attention_docs_backward)(const mg_model *M, const mg_batch *B,
  * norms and softmaxes per row, attention per document), so running the batch
  * in pieces of documents gives exactly the values of one whole-batch call. */
 
+/* out (n, OC) = inp (n, C) @ weight^T by matmul variant mm (wT: the weight's
+ * transposed copy, used by MG_MM_WT only). */
+static void FN(linear_forward)(REAL *out, const REAL *inp, const REAL *weight, const REAL *wT,
+                               int n, int C, int OC, int mm) {
+    switch (mm) {
+    case MG_MM_WT: FN(matmul_forward_T)(out, inp, wT, n, C, OC, FN(padT)(OC)); break;
+    case MG_MM_GEMM: FN(matmul_forward_gemm)(out, inp, weight, n, C, OC); break;
+    default: FN(matmul_forward)(out, inp, weight, n, C, OC); break;
+    }
+}
+
+/* dinp (n, C) += dout (n, OC) @ weight by matmul variant mm */
+static void FN(linear_backward_dinp)(REAL *dinp, const REAL *dout, const REAL *weight, int n,
+                                     int C, int OC, int mm) {
+    if (mm == MG_MM_GEMM) FN(matmul_backward_dinp_gemm)(dinp, dout, weight, n, C, OC);
+    else FN(matmul_backward_dinp_all)(dinp, dout, weight, n, C, OC);
+}
+
 /* The transformer blocks on the n token rows r0 .. r0+n-1 (documents
  * d0 .. d1-1) whose layer input is x (the whole (N, C) buffer).
  * Training (kc == NULL): attention per document with p0 = 0.
  * Inference (kc != NULL, n == 1, r0 == 0): k, v are appended to the cache
- * at `pos` and the query attends the cache.  Returns the final block output
- * (the whole buffer). */
+ * at `pos` and the query attends the cache.  mm: the matmul variant.
+ * Returns the final block output (the whole buffer). */
 static REAL *FN(blocks_forward)(mg_model *M, const mg_batch *B, REAL *x, size_t r0, int n, int d0,
-                                int d1, int pos, REAL *kc, REAL *vc, int use_T) {
+                                int d1, int pos, REAL *kc, REAL *vc, int mm) {
     const int C = M->cfg.n_embd, NH = M->cfg.n_head, T = M->cfg.block_size;
     const size_t rC = r0 * (size_t)C, r4C = 4 * rC;
     for (int l = 0; l < M->cfg.n_layer; l++) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
         FN(layer_acts_t) a = FN(layer_acts)(M, (REAL *)M->acts, l);
-        const int Cp = FN(padT)(C), C4p = FN(padT)(4 * C);
         FN(rmsnorm_forward)(a.ln1 + rC, a.ln1s + r0, x + rC, n, C);
-        if (!use_T) {
-            FN(matmul_forward)(a.q + rC, a.ln1 + rC, w.wq, n, C, C);
-            FN(matmul_forward)(a.k + rC, a.ln1 + rC, w.wk, n, C, C);
-            FN(matmul_forward)(a.v + rC, a.ln1 + rC, w.wv, n, C, C);
-        } else {
-            FN(matmul_forward_T)(a.q + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WQ), n, C, C, Cp);
-            FN(matmul_forward_T)(a.k + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WK), n, C, C, Cp);
-            FN(matmul_forward_T)(a.v + rC, a.ln1 + rC, FN(wT_layer)(M, l, MG_WV), n, C, C, Cp);
-        }
+        FN(linear_forward)(a.q + rC, a.ln1 + rC, w.wq, FN(wT_layer)(M, l, MG_WQ), n, C, C, mm);
+        FN(linear_forward)(a.k + rC, a.ln1 + rC, w.wk, FN(wT_layer)(M, l, MG_WK), n, C, C, mm);
+        FN(linear_forward)(a.v + rC, a.ln1 + rC, w.wv, FN(wT_layer)(M, l, MG_WV), n, C, C, mm);
         if (kc != NULL) {
             REAL *kl = kc + (size_t)l * T * C, *vl = vc + (size_t)l * T * C;
             memcpy(kl + (size_t)pos * C, a.k, (size_t)C * sizeof(REAL));
@@ -161,15 +172,14 @@ static REAL *FN(blocks_forward)(mg_model *M, const mg_batch *B, REAL *x, size_t 
                 FN(attention_docs_forward)(M, B, &a, d0, d1);
             }
         }
-        if (!use_T) FN(matmul_forward)(a.attproj + rC, a.atty + rC, w.wo, n, C, C);
-        else FN(matmul_forward_T)(a.attproj + rC, a.atty + rC, FN(wT_layer)(M, l, MG_WO), n, C, C, Cp);
+        FN(linear_forward)(a.attproj + rC, a.atty + rC, w.wo, FN(wT_layer)(M, l, MG_WO), n, C, C, mm);
         FN(residual_forward)(a.res2 + rC, a.attproj + rC, x + rC, (size_t)n * C);
         FN(rmsnorm_forward)(a.ln2 + rC, a.ln2s + r0, a.res2 + rC, n, C);
-        if (!use_T) FN(matmul_forward)(a.fch + r4C, a.ln2 + rC, w.fc1, n, C, 4 * C);
-        else FN(matmul_forward_T)(a.fch + r4C, a.ln2 + rC, FN(wT_layer)(M, l, MG_FC1), n, C, 4 * C, C4p);
+        FN(linear_forward)(a.fch + r4C, a.ln2 + rC, w.fc1, FN(wT_layer)(M, l, MG_FC1), n, C, 4 * C,
+                           mm);
         FN(relu_forward)(a.fchr + r4C, a.fch + r4C, (size_t)n * 4 * C);
-        if (!use_T) FN(matmul_forward)(a.fcproj + rC, a.fchr + r4C, w.fc2, n, 4 * C, C);
-        else FN(matmul_forward_T)(a.fcproj + rC, a.fchr + r4C, FN(wT_layer)(M, l, MG_FC2), n, 4 * C, C, Cp);
+        FN(linear_forward)(a.fcproj + rC, a.fchr + r4C, w.fc2, FN(wT_layer)(M, l, MG_FC2), n, 4 * C,
+                           C, mm);
         FN(residual_forward)(a.res3 + rC, a.fcproj + rC, a.res2 + rC, (size_t)n * C);
         x = a.res3;
     }
@@ -193,7 +203,7 @@ static REAL *FN(embed_forward)(mg_model *M, const mg_batch *B, size_t r0, int n)
 /* Forward of documents d0 .. d1-1: their activation rows, per-token losses,
  * the loss weights (dlosses) and each document's mean token loss in
  * doc_loss[d]. */
-static void FN(forward_docs)(mg_model *M, mg_batch *B, int d0, int d1, int use_T) {
+static void FN(forward_docs)(mg_model *M, mg_batch *B, int d0, int d1, int mm) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size;
     const mg_act_layout *A = &M->acts_layout;
     const size_t r0 = B->doc_offsets[d0];
@@ -201,11 +211,10 @@ static void FN(forward_docs)(mg_model *M, mg_batch *B, int d0, int d1, int use_T
     REAL *acts = (REAL *)M->acts;
     FN(globals_t) g = FN(globals)(M, (REAL *)M->params);
     REAL *x = FN(embed_forward)(M, B, r0, n);
-    x = FN(blocks_forward)(M, B, x, r0, n, d0, d1, 0, NULL, NULL, use_T);
+    x = FN(blocks_forward)(M, B, x, r0, n, d0, d1, 0, NULL, NULL, mm);
     REAL *losses = acts + A->losses, *dlosses = acts + A->dlosses;
     REAL *logits = acts + A->logits + r0 * V;
-    if (use_T) FN(matmul_forward_T)(logits, x + r0 * C, FN(wT_lm)(M), n, C, V, FN(padT)(V));
-    else FN(matmul_forward)(logits, x + r0 * C, g.lm_head, n, C, V);
+    FN(linear_forward)(logits, x + r0 * C, g.lm_head, FN(wT_lm)(M), n, C, V, mm);
     FN(crossentropy_softmax_forward)(losses + r0, acts + A->probs + r0 * V, logits,
                                      B->targets + r0, n, V);
     /* mean over each document's positions (the mean over documents is
@@ -268,8 +277,9 @@ static FN(wjob_t) FN(weight_job)(const mg_model *M, int j) {
  * rows (dacts, zeroed first); no weight gradient (see weight_task).  With
  * maxabs != NULL, the largest |value| of each weight job's dout and inp over
  * these rows goes to maxabs[2j], maxabs[2j + 1], and of d(emb) to
- * maxabs[2 jobs] (+inf where a value is not finite). */
-static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, double *maxabs) {
+ * maxabs[2 jobs] (+inf where a value is not finite).  mm: the matmul variant. */
+static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, double *maxabs,
+                              int mm) {
     const int C = M->cfg.n_embd, V = M->cfg.vocab_size, L = M->cfg.n_layer;
     const mg_act_layout *A = &M->acts_layout;
     const size_t r0 = B->doc_offsets[d0];
@@ -294,7 +304,7 @@ static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, do
     REAL *dx = L > 0 ? FN(layer_acts)(M, dacts, L - 1).res3 : dacts + A->x0;
     FN(crossentropy_softmax_backward)(dacts + A->logits + r0 * V, acts + A->dlosses + r0,
                                       acts + A->probs + r0 * V, B->targets + r0, n, V);
-    FN(matmul_backward_dinp_all)(dx + rC, dacts + A->logits + r0 * V, g.lm_head, n, C, V);
+    FN(linear_backward_dinp)(dx + rC, dacts + A->logits + r0 * V, g.lm_head, n, C, V, mm);
 
     for (int l = L - 1; l >= 0; l--) {
         FN(layer_params_t) w = FN(layer_params)(M, (REAL *)M->params, l);
@@ -304,21 +314,21 @@ static void FN(backward_docs)(mg_model *M, const mg_batch *B, int d0, int d1, do
         REAL *dxin = l > 0 ? FN(layer_acts)(M, dacts, l - 1).res3 : dacts + A->x0;
 
         FN(residual_backward)(da.fcproj + rC, da.res2 + rC, da.res3 + rC, nC);
-        FN(matmul_backward_dinp_all)(da.fchr + r4C, da.fcproj + rC, w.fc2, n, 4 * C, C);
+        FN(linear_backward_dinp)(da.fchr + r4C, da.fcproj + rC, w.fc2, n, 4 * C, C, mm);
         FN(relu_backward)(da.fch + r4C, da.fchr + r4C, a.fch + r4C, 4 * nC);
-        FN(matmul_backward_dinp_all)(da.ln2 + rC, da.fch + r4C, w.fc1, n, C, 4 * C);
+        FN(linear_backward_dinp)(da.ln2 + rC, da.fch + r4C, w.fc1, n, C, 4 * C, mm);
         FN(rmsnorm_backward)(da.res2 + rC, da.ln2 + rC, a.res2 + rC, a.ln2s + r0, n, C);
         FN(residual_backward)(da.attproj + rC, dxin + rC, da.res2 + rC, nC);
-        FN(matmul_backward_dinp_all)(da.atty + rC, da.attproj + rC, w.wo, n, C, C);
+        FN(linear_backward_dinp)(da.atty + rC, da.attproj + rC, w.wo, n, C, C, mm);
         if (MG_USE_THREADS((size_t)n * M->cfg.block_size * C, d1 - d0)) {
             MG_PAR_FOR(schedule(dynamic, 1),
             for (int d = d0; d < d1; d++) FN(attention_docs_backward)(M, B, &da, &a, d, d + 1););
         } else {
             FN(attention_docs_backward)(M, B, &da, &a, d0, d1);
         }
-        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.q + rC, w.wq, n, C, C);
-        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.k + rC, w.wk, n, C, C);
-        FN(matmul_backward_dinp_all)(da.ln1 + rC, da.v + rC, w.wv, n, C, C);
+        FN(linear_backward_dinp)(da.ln1 + rC, da.q + rC, w.wq, n, C, C, mm);
+        FN(linear_backward_dinp)(da.ln1 + rC, da.k + rC, w.wk, n, C, C, mm);
+        FN(linear_backward_dinp)(da.ln1 + rC, da.v + rC, w.wv, n, C, C, mm);
         FN(rmsnorm_backward)(dxin + rC, da.ln1 + rC, xin + rC, a.ln1s + r0, n, C);
     }
     FN(rmsnorm_backward)(dacts + A->emb + rC, dacts + A->x0 + rC, acts + A->emb + rC,
@@ -389,7 +399,8 @@ static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
  * which task.  Threads take fixed contiguous shares of the task list by
  * work (the same rows every step: the weights, moments and transposed rows
  * a thread updates stay in its cache). */
-static int FN(rows_per_task)(int C) {
+static int FN(rows_per_task)(int C, int mm) {
+    if (mm == MG_MM_GEMM) return MG_GEMM_TASK_ROWS;   /* a block the gemm's packing pays for */
     const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
     return r < 4 ? 4 : r;
 }
@@ -397,18 +408,26 @@ static int FN(rows_per_task)(int C) {
 /* Rows o0 .. o1-1 of weight job J: accumulate their gradients into grads
  * (A == NULL), or apply them by Adam at once (A != NULL). */
 static void FN(weight_rows)(mg_model *M, const mg_batch *B, int j, const FN(wjob_t) *J, int o0,
-                            int o1, const FN(adam_ctx_t) *A, int transpose) {
+                            int o1, const FN(adam_ctx_t) *A, int transpose, int mm) {
     const int N = B->n_tokens;
     if (A == NULL) {
-        FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
-                                    NULL);
+        if (mm == MG_MM_GEMM)
+            FN(matmul_backward_dweight_gemm)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1,
+                                             J->weight, NULL);
+        else
+            FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1,
+                                        J->weight, NULL);
         return;
     }
     const size_t off = (size_t)(J->weight - (REAL *)M->params);
     FN(adam_ctx_t) Aw = *A;
     Aw.m = (REAL *)M->m_adam + off;
     Aw.v = (REAL *)M->v_adam + off;
-    FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
+    if (mm == MG_MM_GEMM)
+        FN(matmul_backward_dweight_gemm)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
+                                         &Aw);
+    else
+        FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
     /* the updated rows into the transposed copy (columns o0 .. o1-1) for
      * the next step's forward */
     if (transpose) FN(transpose_rows)(M, j, o0, o1);
@@ -436,7 +455,7 @@ static int FN(owner)(size_t acc, size_t cost, size_t total, int nt) {
 
 /* Every weight-gradient task of thread me's share. */
 static void FN(weight_tasks)(mg_model *M, const mg_batch *B, const FN(adam_ctx_t) *A, int transpose,
-                             int me, int nt) {
+                             int mm, int me, int nt) {
     const int jobs = 1 + MG_NUM_PER_LAYER * M->cfg.n_layer;
     const size_t N = (size_t)B->n_tokens, C = (size_t)M->cfg.n_embd;
     /* costs in multiply-adds per token: rows x inputs; the embedding's sums
@@ -451,11 +470,11 @@ static void FN(weight_tasks)(mg_model *M, const mg_batch *B, const FN(adam_ctx_t
     acc = emb;
     for (int j = 0; j < jobs; j++) {
         const FN(wjob_t) J = FN(weight_job)(M, j);
-        const int r = FN(rows_per_task)(J.C);
+        const int r = FN(rows_per_task)(J.C, mm);
         for (int o0 = 0; o0 < J.OC; o0 += r) {
             const int o1 = o0 + r < J.OC ? o0 + r : J.OC;
             const size_t cost = (size_t)(o1 - o0) * (size_t)J.C;
-            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, B, j, &J, o0, o1, A, transpose);
+            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, B, j, &J, o0, o1, A, transpose, mm);
             acc += cost;
         }
     }
@@ -507,7 +526,7 @@ static int FN(run_batch_env)(mg_model *M, mg_batch *B, int what, const mg_adam_a
                              double *loss) {
     int bounds[MG_MAX_PIECES + 1];
     const int N = B->n_tokens, C = M->cfg.n_embd, L = M->cfg.n_layer;
-    const int use_T = FN(matmul_forward_variant)(N, C) == MG_MM_WT;
+    const int mm = FN(matmul_variant)(N, C), use_T = mm == MG_MM_WT;
     const int fwd = (what & MG_RUN_FORWARD) != 0, bwd = (what & MG_RUN_BACKWARD) != 0;
     FN(adam_ctx_t) Actx;
     const FN(adam_ctx_t) *A = NULL;
@@ -537,11 +556,11 @@ static int FN(run_batch_env)(mg_model *M, mg_batch *B, int what, const mg_adam_a
         if (B->n_docs > 1) mg_serial = 1;
 #endif
         if (build) FN(build_wT)(M);
-        if (fwd) FN(forward_docs)(M, B, 0, B->n_docs, use_T);
-        if (bwd) FN(backward_docs)(M, B, 0, B->n_docs, A != NULL ? M->piece_max : NULL);
+        if (fwd) FN(forward_docs)(M, B, 0, B->n_docs, mm);
+        if (bwd) FN(backward_docs)(M, B, 0, B->n_docs, A != NULL ? M->piece_max : NULL, mm);
         const int ok = !fwd || isfinite(FN(batch_loss)(B));
         const int safe = A == NULL || FN(grads_safe)(M, B, M->piece_max, 1);
-        if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, 0, 1);
+        if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, mm, 0, 1);
         if (!ok) status = MG_ERR_NONFINITE;
         else if (bwd && !safe) status = MG_NOT_FUSED;
 #ifdef _OPENMP
@@ -562,16 +581,16 @@ static int FN(run_batch_env)(mg_model *M, mg_batch *B, int what, const mg_adam_a
             for (int c = 0; c < K; c++) {
                 const size_t t0 = B->doc_offsets[bounds[c]], t1 = B->doc_offsets[bounds[c + 1]];
                 if (FN(owner)(t0, t1 - t0, (size_t)N, nt) != me) continue;
-                if (fwd) FN(forward_docs)(M, B, bounds[c], bounds[c + 1], use_T);
+                if (fwd) FN(forward_docs)(M, B, bounds[c], bounds[c + 1], mm);
                 if (bwd) FN(backward_docs)(M, B, bounds[c], bounds[c + 1],
-                                           A != NULL ? M->piece_max + (size_t)c * stride : NULL);
+                                           A != NULL ? M->piece_max + (size_t)c * stride : NULL, mm);
             }
             MG_PRAGMA(omp barrier)
             /* (after the barrier above every piece is done; each thread
              * takes the same decisions) */
             const int ok = !fwd || isfinite(FN(batch_loss)(B));
             const int safe = A == NULL || FN(grads_safe)(M, B, M->piece_max, K);
-            if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, me, nt);
+            if (bwd && ok) FN(weight_tasks)(M, B, safe ? A : NULL, retranspose, mm, me, nt);
             MG_PRAGMA(omp master)
             { if (!ok) status = MG_ERR_NONFINITE; else if (bwd && !safe) status = MG_NOT_FUSED; }
             mg_fp_set(fp_own);
@@ -619,7 +638,8 @@ static int FN(infer_logits_env)(mg_model *M, int token, int pos, double *logits,
     B->inputs[0] = token;
     B->positions[0] = pos;
     REAL *x = FN(embed_forward)(M, B, 0, 1);
-    x = FN(blocks_forward)(M, B, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache, use_T);
+    x = FN(blocks_forward)(M, B, x, 0, 1, 0, 0, pos, (REAL *)M->kcache, (REAL *)M->vcache,
+                           use_T ? MG_MM_WT : MG_MM_TOKEN_LANES);
     REAL *z = acts + A->logits;
     if (use_T) FN(matmul_forward_T)(z, x, FN(wT_lm)(M), 1, C, V, FN(padT)(V));
     else FN(matmul_forward)(z, x, g.lm_head, 1, C, V);
@@ -674,7 +694,7 @@ static int FN(train_steps_team_env)(mg_model *M, const mg_train_data *D, const m
                               isfinite(args.beta2) && isfinite(args.eps);
             const FN(adam_ctx_t) A = FN(adam_ctx)(args.lr_t, args.beta1, args.beta2, args.eps,
                                                   args.t);
-            const int use_T = FN(matmul_forward_variant)(B->n_tokens, C) == MG_MM_WT;
+            const int mm = FN(matmul_variant)(B->n_tokens, C), use_T = mm == MG_MM_WT;
             if (use_T && !wT_valid) {
                 MG_PRAGMA(omp for schedule(static))
                 for (int j = 0; j < jobs; j++) FN(build_wT_one)(M, j);
@@ -683,9 +703,9 @@ static int FN(train_steps_team_env)(mg_model *M, const mg_train_data *D, const m
             for (int c = 0; c < k; c++) {
                 const size_t t0 = B->doc_offsets[bd[c]], t1 = B->doc_offsets[bd[c + 1]];
                 if (FN(owner)(t0, t1 - t0, N, nt) != me) continue;
-                FN(forward_docs)(M, B, bd[c], bd[c + 1], use_T);
+                FN(forward_docs)(M, B, bd[c], bd[c + 1], mm);
                 FN(backward_docs)(M, B, bd[c], bd[c + 1],
-                                  fused ? M->piece_max + (size_t)c * stride : NULL);
+                                  fused ? M->piece_max + (size_t)c * stride : NULL, mm);
             }
             MG_PRAGMA(omp barrier)
             /* every piece done; each thread takes the same decisions */
@@ -697,7 +717,7 @@ static int FN(train_steps_team_env)(mg_model *M, const mg_train_data *D, const m
                 break;  /* all threads: no update, the team ends */
             }
             const int apply = fused && FN(grads_safe)(M, B, M->piece_max, k);
-            FN(weight_tasks)(M, B, apply ? &A : NULL, apply && use_T, me, nt);
+            FN(weight_tasks)(M, B, apply ? &A : NULL, apply && use_T, mm, me, nt);
             if (!apply) {
                 /* the gradients were accumulated: the checked Adam step */
                 MG_PRAGMA(omp barrier)

@@ -92,12 +92,52 @@ def test_matmul_variants_give_the_same_bits(dtype, auto_variants):
     forcing either gives the same training bits."""
     c, st = corpus()
     runs = {}
-    for variant in ("token_lanes", "wT"):
+    for variant in ("token_lanes", "wT", "gemm"):
         K.force_variant("matmul", variant)
         m = model(dtype, n_embd=64, n_head=4)
         runs[variant] = (m.train_steps(c, st, 0, 3, 10, batch_size=1)[0], m.flat_params.copy())
-    assert np.array_equal(runs["token_lanes"][0], runs["wT"][0])
-    assert np.array_equal(runs["token_lanes"][1], runs["wT"][1])
+    for variant in ("wT", "gemm"):
+        assert np.array_equal(runs["token_lanes"][0], runs[variant][0]), variant
+        assert np.array_equal(runs["token_lanes"][1], runs[variant][1]), variant
+
+
+def full_corpus(vocab, T, n_docs, seed=0):
+    """Documents that fill the block (BOS + T tokens each)."""
+    r = np.random.default_rng(seed)
+    docs = np.concatenate([np.concatenate([[vocab - 1], r.integers(0, vocab - 1, T)])
+                           for _ in range(n_docs)]).astype(np.int32)
+    return docs, np.arange(0, (T + 1) * n_docs + 1, T + 1, dtype=np.int64)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cfg", [dict(n_embd=48, n_head=4, block_size=32, n_layer=2, vocab_size=11),
+                                 dict(n_embd=64, n_head=2, block_size=40, n_layer=1, vocab_size=70)],
+                         ids=["C48-L2-V11", "C64-V70"])
+def test_gemm_variant_gives_the_same_bits(dtype, cfg, auto_variants):
+    """The packed GEMM (forward, dinp and the weight gradient fused with Adam)
+    gives the bits of the wT variant: each output is the same sequential sum.
+    Batches large enough for the automatic rule to pick it (>= 256 tokens),
+    widths that leave ragged register tiles, on 1 thread and on 2 (the team
+    step, its tasks split among threads)."""
+    c, st = full_corpus(cfg["vocab_size"], cfg["block_size"], 24)
+    runs = {}
+    threads = [1, 2] if microgpt_c.openmp_enabled() else [1]
+    before = microgpt_c.get_num_threads()
+    try:
+        for variant in ("wT", "gemm", "auto"):
+            for nt in threads:
+                K.force_variant("matmul", variant)
+                microgpt_c.set_num_threads(nt)
+                m = GPT(dtype=dtype, **cfg)
+                m.init_weights(random.Random(1))
+                losses = m.train_steps(c, st, 0, 4, 10, batch_size=8)[0]
+                runs[variant, nt] = (losses, m.flat_params.copy(), m.adam_m.copy())
+    finally:
+        microgpt_c.set_num_threads(before)
+    base = runs["wT", 1]
+    for key, run in runs.items():
+        for a, b in zip(run, base):
+            assert np.array_equal(a, b), key
 
 
 @pytest.mark.parametrize("N,C,NH", [(7, 16, 4), (13, 32, 4), (5, 16, 16), (30, 64, 2)])

@@ -90,9 +90,19 @@ def test_default_parameter_count():
 
 
 # ---------------------------------------------------------------- loss + gradients
+@pytest.fixture(params=["auto", "gemm"])
+def matmul_variant(request):
+    """The model's automatic matmul variant, and the packed GEMM forced (it is
+    chosen automatically only for large batches)."""
+    from microgpt_c import _kernels as K
+    K.force_variant("matmul", request.param)
+    yield request.param
+    K.force_variant("matmul", "auto")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", list(PARITY_CASES))
-def test_loss_and_every_gradient_match_reference(case, dtype):
+def test_loss_and_every_gradient_match_reference(case, dtype, matmul_variant):
     cfg, _ = PARITY_CASES[case]
     tokens, ref_loss, ref_grads = reference_loss_and_grads(case)
     _, gpt = make_pair(**cfg, dtype=dtype, seed=0)

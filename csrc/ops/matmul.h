@@ -8,14 +8,27 @@
  * 0 (forward) or from the accumulated value (backward), in the reference's
  * order, so float64 is exact and every variant below gives the same bits.
  *
- * Forward variants (MG_MM_*, chosen by FN(matmul_forward_variant)):
+ * Variants (MG_MM_*, chosen per batch by FN(matmul_variant)):
  *   token lanes  MG_LANES tokens in a register (a transposed copy of the
  *                inputs), eight outputs at a time: no weight pass, but idle
  *                lanes when N is small;
  *   wT           from a transposed weight wT (C, OCp): lanes over output
- *                channels, full whatever N is; the model keeps wT.
+ *                channels, full whatever N is; the model keeps wT;
+ *   gemm         the packed, cache-blocked GEMM of ops/gemm.h for all three
+ *                products (large batches of wide layers): the same sums in
+ *                the same order, so the same bits as the other two.
+ * The backward kernels below (register tiles over the weight rows) serve the
+ * first two; the gemm variant has its own backward (end of this file).
  */
 #define MG_STACK_ELEMS 4096
+
+/* (the gemm variant, at the end of this file) */
+static void FN(gemm_par)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA, const REAL *B,
+                         int rsB, int csB, int M, int N, int K, int acc);
+static void FN(matmul_forward_gemm)(REAL *out, const REAL *inp, const REAL *weight, int N, int C,
+                                    int OC);
+static void FN(matmul_backward_dinp_gemm)(REAL *dinp, const REAL *dout, const REAL *weight,
+                                          int N, int C, int OC);
 
 
 /* One block of nb <= NBV tokens (rows n0 ..) of the token-lane product with
@@ -104,6 +117,10 @@ void FN(matmul_forward)(REAL *out,            /* (N, OC) */
                         const REAL *inp,      /* (N, C) */
                         const REAL *weight,   /* (OC, C) */
                         int N, int C, int OC) {
+    if (mg_forced_variant[MG_OP_MATMUL] == MG_MM_GEMM) {   /* (forced: tests) */
+        FN(matmul_forward_gemm)(out, inp, weight, N, C, OC);
+        return;
+    }
     const int nblocks = (N + MG_LANES - 1) / MG_LANES;
     if (MG_USE_THREADS((size_t)N * C * OC, nblocks)) {
         MG_PAR_FOR(schedule(static),
@@ -403,20 +420,113 @@ void FN(matmul_backward)(REAL *dinp,           /* (N, C) */
                          const REAL *inp,      /* (N, C) */
                          const REAL *weight,   /* (OC, C) */
                          int N, int C, int OC) {
+    if (mg_forced_variant[MG_OP_MATMUL] == MG_MM_GEMM) {   /* (forced: tests) */
+        FN(matmul_backward_dinp_gemm)(dinp, dout, weight, N, C, OC);
+        FN(gemm_par)(dweight, C, dout, 1, OC, inp, C, 1, OC, C, N, 1);
+        return;
+    }
     FN(matmul_backward_dinp_all)(dinp, dout, weight, N, C, OC);
     FN(matmul_backward_dweight_all)(dweight, dout, inp, (REAL *)weight, N, C, OC, NULL);
 }
 
 
-/* The forward variant for a training batch of N tokens of width C (decided
- * per batch, never per piece of it; inference, one token at a time, takes
- * the token lanes or the weights transposed once per sampling run).  The
- * transposed weights cost one transposing pass per forward, the token lanes
- * MG_LANES - N idle lanes per block and per-call copies: measured, wT wins
- * for batches of more than one register of tokens and for small models; a
- * single short document in a wide model is faster with token lanes. */
-static int FN(matmul_forward_variant)(int N, int C) {
+/* ---- MG_MM_GEMM: the three products through ops/gemm.h.  Each output
+ * element is the gemm's one sequential sum over the reduced index from 0
+ * (forward, fused weight gradient) or from the stored value (dinp, dweight),
+ * in ascending order: the same operations as the loops above. */
+
+/* Cm (M, N) (+)= A (M, K) @ B (K, N) (strides as in FN(gemm)); the tiles of
+ * the fixed grid FN(gemm_num_tiles) shared by the threads of a team when no
+ * team is running and the product is large (the bits never depend on it). */
+static void FN(gemm_par)(REAL *Cm, int ldc, const REAL *A, int rsA, int csA, const REAL *B,
+                         int rsB, int csB, int M, int N, int K, int acc) {
+    const int tiles = FN(gemm_num_tiles)(M, N);
+    if (MG_USE_THREADS((size_t)M * N * K, tiles)) {
+        MG_PAR_FOR(schedule(static),
+        for (int t = 0; t < tiles; t++)
+            FN(gemm_tiles)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, t, t + 1););
+        return;
+    }
+    FN(gemm_run)(Cm, ldc, A, rsA, csA, B, rsB, csB, M, N, K, acc, 1, 0, INT32_MAX);
+}
+
+/* out (N, OC) = inp (N, C) @ weight^T: b(i, o) = weight[o][i] */
+static void FN(matmul_forward_gemm)(REAL *out,            /* (N, OC) */
+                                    const REAL *inp,      /* (N, C) */
+                                    const REAL *weight,   /* (OC, C) */
+                                    int N, int C, int OC) {
+    FN(gemm_par)(out, OC, inp, C, 1, weight, 1, C, N, OC, C, 0);
+}
+
+/* dinp (N, C) += dout (N, OC) @ weight (OC, C) */
+static void FN(matmul_backward_dinp_gemm)(REAL *dinp,           /* (N, C) */
+                                          const REAL *dout,     /* (N, OC) */
+                                          const REAL *weight,   /* (OC, C) */
+                                          int N, int C, int OC) {
+    FN(gemm_par)(dinp, C, dout, OC, 1, weight, C, 1, N, C, OC, 1);
+}
+
+/* Weight rows o0 .. o1-1 of a gemm-variant task: dweight[o][:] += the sum
+ * over the N tokens of dout[n][o] inp[n][:] (A == NULL), or that gradient
+ * (from 0) applied at once by Adam to weight, A->m, A->v, MG_DW_CHUNK columns
+ * at a time through a scratch block (dweight not touched).  a(o, n) =
+ * dout[n][o]: the gemm packs it; one thread. */
+#define MG_GEMM_TASK_ROWS (MG_GEMM_MR * (MG_GEMM_F32 ? 8 : 16))
+MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC, C) */
+                                                    const REAL *dout,     /* (N, OC) */
+                                                    const REAL *inp,      /* (N, C) */
+                                                    int N, int C, int OC, int o0, int o1,
+                                                    REAL *weight,         /* (OC, C) */
+                                                    const FN(adam_ctx_t) *A) {
+    const int R = o1 - o0;
+    if (A == NULL) {
+        FN(gemm_run)(dweight + (size_t)o0 * C, C, dout + o0, 1, OC, inp, C, 1, R, C, N, 1, 1, 0,
+                     INT32_MAX);
+        return;
+    }
+    const int cw = C < MG_DW_CHUNK ? C : MG_DW_CHUNK;
+    REAL *g = (REAL *)malloc(sizeof(REAL) * (size_t)R * (size_t)cw);
+    if (g == NULL) {   /* no scratch: the register-tile loop (the same values) */
+        FN(matmul_backward_dweight)(NULL, dout, inp, N, C, OC, o0, o1, weight, A);
+        return;
+    }
+    FN(adam_ctx_t) Aloc = *A;   /* a local copy: no aliasing with the moments */
+    for (int c0 = 0; c0 < C; c0 += cw) {
+        const int cl = C - c0 < cw ? C - c0 : cw;
+        FN(gemm_run)(g, cl, dout + o0, 1, OC, inp + c0, C, 1, R, cl, N, 0, 1, 0, INT32_MAX);
+        if (cl == C) {   /* whole rows: contiguous in the parameters, as in g */
+            const size_t at = (size_t)o0 * C;
+            FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g, R * C, &Aloc);
+            continue;
+        }
+        for (int r = 0; r < R; r++) {
+            const size_t at = (size_t)(o0 + r) * C + c0;
+            FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g + (size_t)r * cl, cl, &Aloc);
+        }
+    }
+    free(g);
+}
+
+
+/* The variant for a training batch of N tokens through layers of width C
+ * (decided per batch, never per piece of it or per thread count; inference,
+ * one token at a time, takes the token lanes or the weights transposed once
+ * per sampling run).  The transposed weights cost one transposing pass per
+ * forward, the token lanes MG_LANES - N idle lanes per block and per-call
+ * copies: measured, wT wins for batches of more than one register of tokens
+ * and for small models; a single short document in a wide model is faster
+ * with token lanes.  The gemm pays once the products are large enough for its
+ * packing to be amortised (MG_MM_GEMM_MIN_TOKENS tokens, width at least
+ * MG_MM_GEMM_MIN_C). */
+#ifndef MG_MM_GEMM_MIN_TOKENS
+#define MG_MM_GEMM_MIN_TOKENS 256
+#endif
+#ifndef MG_MM_GEMM_MIN_C
+#define MG_MM_GEMM_MIN_C 64
+#endif
+static int FN(matmul_variant)(int N, int C) {
     const int forced = mg_forced_variant[MG_OP_MATMUL];
-    if (forced == MG_MM_TOKEN_LANES || forced == MG_MM_WT) return forced;
+    if (forced >= 0 && forced < MG_MM_NUM_VARIANTS) return forced;
+    if (N >= MG_MM_GEMM_MIN_TOKENS && C >= MG_MM_GEMM_MIN_C) return MG_MM_GEMM;
     return N > MG_LANES || C < 64 ? MG_MM_WT : MG_MM_TOKEN_LANES;
 }

@@ -8,7 +8,7 @@
 from cython cimport floating
 
 # the named variants of the ops (csrc/common.h)
-VARIANTS = {"matmul": (0, {"auto": -1, "token_lanes": 0, "wT": 1}),
+VARIANTS = {"matmul": (0, {"auto": -1, "token_lanes": 0, "wT": 1, "gemm": 2}),
             "attention": (1, {"auto": -1, "rows": 0, "query_lanes": 1, "channel_lanes": 2}),
             "adam": (2, {"auto": -1, "plain": 0, "quiet": 1})}
 

@@ -5,7 +5,7 @@ and of its thread setting); this module names them.  Arrays marked OUT are
 written (forward) or accumulated into (backward, ``+=``), IN arrays are read;
 shapes are checked before the C call and the GIL is released around it.
 ``force_variant(op, variant)`` forces a named variant of an op (matmul:
-token_lanes / wT; attention: rows / query_lanes / channel_lanes; float64
+token_lanes / wT / gemm; attention: rows / query_lanes / channel_lanes; float64
 adam: plain / quiet, the exact path for tiny moments) where it
 applies, "auto" restores the rule; ``attention_variant`` tells which runs;
 ``fp_env`` / ``set_fp_env`` / ``team_fp_envs`` read and set the threads'
