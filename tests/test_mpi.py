@@ -478,3 +478,79 @@ def test_cli_ctrl_c_stops_every_rank_at_the_same_step(data_file, tmp_path):
     assert len(lines) == 1 and "checkpoint saved" in lines[0], err   # rank 0, once
     step = int(lines[0].split()[3].rstrip(";"))
     assert _checkpoint_step(out) == step and "Abort" not in err
+
+
+@needs_mpi
+def test_cli_sigterm_stops_every_rank_and_saves(data_file, tmp_path):
+    """Issue 13: SIGTERM (``kill``) is handled like Ctrl-C under MPI: every
+    rank stops at the same step, rank 0 saves and reports once, exit 143."""
+    if _mpiexec_flavour() != "hydra":
+        pytest.skip("relies on Hydra's mpiexec forwarding SIGTERM to the ranks")
+    out, metrics = tmp_path / "run", tmp_path / "m.jsonl"
+    cmd = mpiexec(2, sys.executable, "-m", "microgpt_c.train", "--data", str(data_file),
+                  "--steps", "1000000", "--batch-size", "8", "--out", str(out),
+                  "--metrics-out", str(metrics), "--num-samples", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the job did not end after SIGTERM")
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("terminated (SIGTERM) after step")]
+    assert len(lines) == 1 and "checkpoint saved" in lines[0], err
+    step = int(lines[0].split()[4].rstrip(";"))
+    assert _checkpoint_step(out) == step and "Abort" not in err
+
+
+@needs_mpi
+def test_cli_sigterm_in_a_text_run_with_validation_under_mpi(data_file, tmp_path):
+    """SIGTERM in issue 12's loop under MPI (text mode, a validation split,
+    --keep-best): every rank stops at the same step, rank 0 saves once; the
+    checkpoint holds the validation history, best.safetensors loads, and the
+    run resumes (one process, without --data)."""
+    if _mpiexec_flavour() != "hydra":
+        pytest.skip("relies on Hydra's mpiexec forwarding SIGTERM to the ranks")
+    out, metrics = tmp_path / "run", tmp_path / "m.jsonl"
+    cmd = mpiexec(2, sys.executable, "-m", "microgpt_c.train", "--data", str(data_file),
+                  "--data-mode", "text", "--val-fraction", "0.05", "--eval-every", "10",
+                  "--keep-best", "--n-embd", "8", "--n-head", "2", "--block-size", "8",
+                  "--steps", "1000000", "--batch-size", "8", "--out", str(out),
+                  "--metrics-out", str(metrics), "--num-samples", "1",
+                  "--max-new-tokens", "5")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (metrics.exists() and "val_loss" in metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no evaluation"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the job did not end after SIGTERM")
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("terminated (SIGTERM) after step")]
+    assert len(lines) == 1 and "checkpoint saved" in lines[0], err
+    step = int(lines[0].split()[4].rstrip(";"))
+    ckpt = load_checkpoint(out)
+    assert ckpt.train.step == step and "Abort" not in err, err
+    history = ckpt.train.train_config["val_history"]
+    assert history and history[-1][0] <= step
+    assert load_checkpoint(out / "best.safetensors").train.step <= step
+    proc = subprocess.run([sys.executable, "-m", "microgpt_c.train", "--resume", str(out),
+                           "--out", str(out), "--stop-after", str(step + 2), "-q",
+                           "--num-samples", "1"], capture_output=True, text=True,
+                          env=clean_env(OMP_NUM_THREADS="1"), timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "notice: data from the checkpoint:" in proc.stderr
+    assert _checkpoint_step(out) == step + 2

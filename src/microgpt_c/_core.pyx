@@ -665,11 +665,17 @@ def simd_variant():
     return mg_simd_variant().decode()
 
 
+MAX_THREADS = 1024
+
+
 def set_num_threads(n):
-    """Threads for the C kernels (results do not depend on it)."""
+    """Threads for the C kernels (results do not depend on it), 1 to
+    MAX_THREADS (1024)."""
     n = operator.index(n)
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ConfigError(f"threads must be at most {MAX_THREADS}, got {n}")
     mg_set_num_threads(n)
 
 

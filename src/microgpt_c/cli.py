@@ -5,14 +5,17 @@ how an error, Ctrl-C or a closed stdout ends the program."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Callable, List
+import warnings
+from typing import Callable, Iterator, List, TextIO
 
 from .errors import MicrogptError
 
 __all__ = ["ArgumentParser", "EXPECTED_ERRORS", "broken_pipe", "error", "format_samples",
-           "format_text_samples", "interrupted", "nonneg_int", "one_line", "positive_float", "positive_int"]
+           "format_text_samples", "interrupted", "nonneg_int", "one_line", "positive_float",
+           "positive_int", "thread_count", "warnings_as_notices"]
 
 #: Exceptions a command line reports as one ``error: ...`` line (exit 2):
 #: ours, bad values, and what the operating system refuses.
@@ -34,6 +37,15 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1)
 nonneg_int = _int_at_least(0)
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a number of OpenMP threads, 1 to MAX_THREADS."""
+    from .config import MAX_THREADS
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -61,6 +73,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {_one_line_text(message)} (see {self.prog} --help)\n")
+
+
+@contextlib.contextmanager
+def warnings_as_notices(err: TextIO) -> Iterator[None]:
+    """Within the block, a CheckpointFormatWarning is one ``notice: ...`` line
+    on ``err`` (not the warnings module's two lines with the source)."""
+    from .checkpoint import CheckpointFormatWarning
+
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CheckpointFormatWarning):
+                print(f"notice: {_one_line_text(str(message))}", file=err, flush=True)
+            else:
+                original(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        yield
 
 
 def format_samples(samples: List[str]) -> str:

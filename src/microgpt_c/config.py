@@ -10,13 +10,14 @@ from typing import Optional, Union
 from .errors import ConfigError
 from .validate import integer, optional_positive_int, positive_float, positive_int
 
-__all__ = ["BACKENDS", "DATA_MODES", "LR_SCHEDULES", "MAX_C_INT", "MAX_STEPS",
+__all__ = ["BACKENDS", "DATA_MODES", "LR_SCHEDULES", "MAX_C_INT", "MAX_STEPS", "MAX_THREADS",
            "OPTION_DEFAULTS", "RUN_FIELDS", "PathArg", "TrainConfig", "check_temperature"]
 
 PathArg = Union[str, "os.PathLike[str]"]
 BACKENDS = ("c", "reference")
 MAX_C_INT = 2**31 - 1    # sizes and threads are C ints
 MAX_STEPS = 2**62        # steps are C longs (and int64 step counters)
+MAX_THREADS = 1024       # more OpenMP threads crash libgomp (as _core.MAX_THREADS)
 #: Settings that define a run: resuming with any of them changed is an error.
 RUN_FIELDS = ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size", "lr",
               "beta1", "beta2", "eps", "seed", "dtype", "data_mode", "val_fraction",
@@ -77,7 +78,7 @@ class TrainConfig:
         optional_positive_int(self.top_k, "top-k")
         if not isinstance(self.prefix, str):
             raise ConfigError(f"prefix must be a string, got {self.prefix!r}")
-        optional_positive_int(self.threads, "threads", maximum=MAX_C_INT)
+        optional_positive_int(self.threads, "threads", maximum=MAX_THREADS)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n-embd ({self.n_embd}) must be divisible by n-head ({self.n_head})")
         if self.batch_size * self.block_size > MAX_C_INT:

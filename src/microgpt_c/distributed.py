@@ -589,14 +589,15 @@ class DataParallelModel:
         at different moments) and size their chunks alike.  When a stop is
         agreed, the exception that follows is raised on every rank (no
         abort).  One process: ``(stop, fast)``."""
+        # ``stop`` may be a signal number (SIGTERM > SIGINT): the largest is agreed
         sess = self.session
         if sess is None:
-            return bool(stop), bool(fast)
-        flags = np.array([1 if stop else 0, 0 if fast else 1], dtype=np.int32)
+            return stop, bool(fast)
+        flags = np.array([int(stop), 0 if fast else 1], dtype=np.int32)
         sess.comm.Allreduce(sess.MPI.IN_PLACE, flags, op=sess.MPI.MAX)
         if flags[0]:
             sess.collective_failure = True
-        return bool(flags[0]), not flags[1]
+        return (int(flags[0]) if flags[0] > 1 else bool(flags[0])), not flags[1]
 
     # ---------------------------------------------------------------- training
     def train_steps(self, corpus, doc_starts, step0: int, n_steps: int, num_steps: int,

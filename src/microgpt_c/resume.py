@@ -12,8 +12,9 @@ from .config import OPTION_DEFAULTS, RUN_FIELDS, PathArg, TrainConfig
 from .errors import CheckpointError, CheckpointMismatchError
 from .validate import is_int, is_number
 
-__all__ = ["check_resume_compatible", "check_resume_data", "check_resume_vocabulary",
-           "config_from_checkpoint", "open_resume", "sampling_defaults"]
+__all__ = ["check_finite_parameters", "check_resume_compatible", "check_resume_data",
+           "check_resume_vocabulary", "config_from_checkpoint", "open_resume",
+           "sampling_defaults"]
 
 
 def config_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
@@ -112,12 +113,29 @@ def check_resume_compatible(cfg: TrainConfig, ckpt: Checkpoint) -> None:
     _check_same(ckpt, run, {k: getattr(cfg, k) for k in RUN_FIELDS})
 
 
+def check_finite_parameters(ckpt: Checkpoint, adam: bool = True) -> None:
+    """Raise CheckpointError naming the file if a parameter (or, with
+    ``adam``, an Adam moment) of ``ckpt`` is NaN or infinite."""
+    import numpy as np
+
+    groups = [("parameter", ckpt.params)]
+    if adam:
+        groups += [("Adam moment", ckpt.adam_m), ("Adam moment", ckpt.adam_v)]
+    for kind, tensors in groups:
+        for name, t in (tensors or {}).items():
+            if not np.isfinite(t).all():
+                raise CheckpointError(
+                    f"{ckpt.path} holds non-finite values (NaN or inf) in the {kind} {name!r}: "
+                    "the run that saved it had diverged; use an earlier checkpoint")
+
+
 def open_resume(resume: Union[PathArg, Checkpoint], config: Optional[TrainConfig]
                 ) -> Tuple[Checkpoint, TrainConfig]:
     """The checkpoint to resume (loaded if ``resume`` is a path) and the
     run's config: ``config`` checked against the checkpoint's, or the
     checkpoint's own.  Raises CheckpointError if it has no optimizer state."""
     ckpt = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
+    check_finite_parameters(ckpt)
     if config is None:
         config = config_from_checkpoint(ckpt)
     else:

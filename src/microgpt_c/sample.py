@@ -22,10 +22,11 @@ from . import data as data_mod
 from ._version import __version__
 from .checkpoint import Checkpoint, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
-                  format_text_samples, interrupted, nonneg_int, one_line, positive_float, positive_int)
+                  format_text_samples, interrupted, nonneg_int, one_line, positive_float,
+                  positive_int, thread_count, warnings_as_notices)
 from .errors import MicrogptError
 from .model import GPT
-from .resume import sampling_defaults
+from .resume import check_finite_parameters, sampling_defaults
 from .sampling import default_text_prefix, generate, sample_names
 from .validate import optional_positive_int
 
@@ -54,6 +55,7 @@ def sample_checkpoint(ckpt: Checkpoint, *, num_samples: Optional[int] = None,
     if ckpt.uchars is None:
         raise MicrogptError(f"{ckpt.path} has no vocabulary (it was saved without a "
                             "tokenizer), so it cannot be sampled from")
+    check_finite_parameters(ckpt, adam=False)
     if optional_positive_int(threads, "threads") is not None:
         set_num_threads(threads)
     settings: Dict[str, Any] = {"num_samples": 20, "temperature": 0.5, "top_k": None,
@@ -114,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a document (default: the training run's; else lines mode stops at "
                         f"the end of a document or the block, text mode makes "
                         f"{TEXT_SAMPLE_TOKENS})")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="OpenMP threads (default: $OMP_NUM_THREADS or all cores)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help="OpenMP threads, at most 1024 (default: $OMP_NUM_THREADS or all cores)")
     p.add_argument("--version", action="version", version=f"microgpt_c {__version__}")
     return p
 
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        with warnings_as_notices(sys.stderr):
+            ckpt = load_checkpoint(args.checkpoint)
         samples = sample_checkpoint(ckpt, num_samples=args.num_samples,
                                     temperature=args.temperature, top_k=args.top_k,
                                     prefix=args.prefix, seed=args.seed, threads=args.threads,

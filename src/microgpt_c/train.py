@@ -8,7 +8,8 @@ sampled names.  Every setting has a flag; see ``--help``.
 Also: checkpoints (``--out``, ``--save-every``, ``--resume``, exact resume),
 ``--sample-only``, progress display (``--progress``, ``--quiet``), loss plots
 (``--plot``).  Errors print one line ``error: ...`` on stderr and exit with
-status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130.
+status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130, SIGTERM
+likewise with 143.
 
 This module is also callable: ``microgpt_c.train(config, data, ...)`` is
 :func:`microgpt_c.api.train`, even after ``import microgpt_c.train``.
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 import types
@@ -28,15 +30,16 @@ from ._version import __version__
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
                   format_text_samples, interrupted, nonneg_int, one_line, positive_float,
-                  positive_int)
+                  positive_int, thread_count, warnings_as_notices)
 from .config import BACKENDS, DATA_MODES, LR_SCHEDULES, RUN_FIELDS, TrainConfig
-from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from .errors import ConfigError, MicrogptError, NonFiniteLossError, TrainingInterrupted
 from .model import GPT, make_model
 from .plotting import check_plot_target, save_loss_plot
 from .resume import config_from_checkpoint
+from .safeio import check_outputs_vs_inputs, describe_oserror, read_regular_file
 from .sample import checkpoint_data_mode, sample_checkpoint
 from .sampling import sample_names, softmax_for
-from .training import TrainResult, train
+from .training import BEST_NAME, TrainResult, data_source_of, train
 
 __all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
            "make_model", "sample_names", "softmax_for", "train"]
@@ -49,6 +52,11 @@ RUN_OPTIONS = ("out", "save_every", "resume", "stop_after", "plot", "progress", 
                "quiet", "sample_only", "config", "print_config")
 TEXT_HEADER = "--- inference (new text) ---"
 EMA_BETA = 0.98          # the progress bar's smoothed loss: ema = b * ema + (1 - b) * loss
+
+
+class OutputWriteError(MicrogptError, OSError):
+    """Writing an output of the run (metrics, plot) failed; the message
+    names the file and what to do."""
 
 
 # ------------------------------------------------------------------ the CLI
@@ -124,9 +132,9 @@ def _add_training(g, d: TrainConfig) -> None:
                    help=f"peak learning rate of Adam (default: {d.lr})")
     g.add_argument("--seed", type=int, default=_S,
                    help=f"seed of the random stream: shuffle, init, sampling (default: {d.seed})")
-    g.add_argument("--threads", type=positive_int, default=_S, metavar="N",
+    g.add_argument("--threads", type=thread_count, default=_S, metavar="N",
                    help="OpenMP threads for the C kernels (default: $OMP_NUM_THREADS or all "
-                        "cores); results do not depend on it")
+                        "cores; at most 1024); results do not depend on it")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_S,
                    help="after the warmup: linear (to --min-lr at the last step), cosine "
                         "(min-lr + (lr - min-lr)(1 + cos(pi f))/2) or constant "
@@ -161,7 +169,8 @@ def _add_checkpoints(g) -> None:
                    help="also save a checkpoint every K steps (needs --out)")
     g.add_argument("--resume", default=_S, metavar="PATH",
                    help="continue the run saved in this checkpoint (or --out directory) "
-                        "exactly; the data must be the same")
+                        "exactly; the data must be the same (default: the data file or "
+                        "built-in set it was trained on)")
     g.add_argument("--stop-after", type=positive_int, default=_S, metavar="N",
                    help="stop (save and sample) after step N; the learning-rate schedule still "
                         "spans --steps, so --resume continues the same run")
@@ -403,6 +412,8 @@ class _Messages:
 
     def info(self, line: str) -> None:
         if self.quiet:
+            if line.startswith("notice:"):  # notices show even with --quiet
+                print(line, file=self.err, flush=True)
             return
         if self.started:
             print(line, file=self.err, flush=True)
@@ -410,12 +421,57 @@ class _Messages:
             self.pending.append(line)
 
 
+class _MetricsFile:
+    """The --metrics-out file, opened at its first write (after the inputs
+    have been read and checked), for appending with ``append`` (a resumed
+    run); an I/O error at write, flush or close is an OutputWriteError
+    naming the file."""
+
+    def __init__(self, path: str, append: bool = False):
+        self.path = path
+        self.mode = "a" if append else "w"
+        self.file: Optional[TextIO] = None
+
+    def _fail(self, exc: OSError, action: str = "write the metrics file") -> "OutputWriteError":
+        return OutputWriteError(describe_oserror(exc, self.path, action))
+
+    def write(self, text: str) -> None:
+        try:
+            if self.file is None:
+                self.file = open(self.path, self.mode, encoding="utf-8")
+            self.file.write(text)
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def flush(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except OSError as exc:
+                raise self._fail(exc) from None
+
+    def close(self) -> None:
+        f, self.file = self.file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                raise self._fail(exc) from None
+
+    def discard(self) -> None:
+        """Close after a failure, ignoring a second error."""
+        try:
+            self.close()
+        except OutputWriteError:
+            pass
+
+
 class _Outputs:
     """The progress display and the metrics file of a run, once opened."""
 
     def __init__(self) -> None:
         self.progress: Optional[Progress] = None
-        self.metrics: Optional[TextIO] = None
+        self.metrics: Optional[_MetricsFile] = None
 
     def close_progress(self, interrupted: bool = False) -> None:
         if self.progress is not None:
@@ -424,6 +480,43 @@ class _Outputs:
     def close_metrics(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+    def discard_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.discard()
+
+
+def _check_paths(opts: Dict[str, Any], cfg: TrainConfig, ckpt) -> None:
+    """Refuse (OutputIsInputError) an output path (--metrics-out, --plot,
+    --out's checkpoint, --keep-best's best.safetensors) that is an input
+    (--data or the data file the run will read, --resume's checkpoint,
+    --config) or another output, before anything is opened for writing;
+    check that the metrics file's directory exists."""
+    data = cfg.data
+    if data is None:
+        source = data_source_of(ckpt)
+        if source is not None and not source.startswith("builtin:"):
+            data = source
+        elif ckpt is None and os.path.exists("input.txt"):
+            data = "input.txt"
+    inputs = {"--data": data, "--config": opts.get("config"),
+              "--resume": ckpt.path if ckpt is not None else None}
+    out_dir = os.fspath(opts["out"]) if "out" in opts else None
+    out_file = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir is not None else None
+    best_file = (os.path.join(out_dir, BEST_NAME) if out_dir is not None and cfg.keep_best
+                 else None)
+    outputs = {"--metrics-out": cfg.metrics_out, "--plot": opts.get("plot")}
+    check_outputs_vs_inputs(outputs, inputs)
+    # --out (and its best.safetensors) may be the --resume checkpoint: it is read
+    # whole before it is replaced (atomically); it must not be another input or
+    # another output
+    check_outputs_vs_inputs({**outputs, "--out": out_file, "--out (--keep-best)": best_file},
+                            {k: v for k, v in inputs.items() if k != "--resume"})
+    if cfg.metrics_out:
+        parent = os.path.dirname(os.path.abspath(cfg.metrics_out))
+        if not os.path.isdir(parent):
+            raise OutputWriteError(f"cannot write the metrics file {cfg.metrics_out}: "
+                                   f"directory {parent} does not exist")
 
 
 def _sample_only(opts: Dict[str, Any], given: Dict[str, Any], out: TextIO, quiet: bool) -> int:
@@ -446,6 +539,7 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
     ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
     cfg = config_from_checkpoint(ckpt, **given) if ckpt is not None else TrainConfig(**given)
     cfg.validate()
+    _check_paths(opts, cfg, ckpt)
     if "plot" in opts:
         check_plot_target(opts["plot"])
     if "save_every" in opts and "out" not in opts:
@@ -453,8 +547,7 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
     stop = min(opts.get("stop_after", cfg.steps), cfg.steps)
     mode = "none" if quiet else _resolve_progress(opts.get("progress", "auto"), err)
     if cfg.metrics_out and root:  # a resumed run appends to its metrics
-        outputs.metrics = open(cfg.metrics_out, "a" if ckpt is not None else "w",
-                               encoding="utf-8")
+        outputs.metrics = _MetricsFile(cfg.metrics_out, append=ckpt is not None)
     progress = outputs.progress = Progress(mode, cfg.steps, stop, out, err,
                                            opts.get("log_every"), outputs.metrics)
     result = train(cfg, None, on_steps=progress, log=messages.log, resume=ckpt,
@@ -462,6 +555,7 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
                    stop_after=opts.get("stop_after"), info=messages.info,
                    on_eval=progress.on_eval)
     progress.close(newline=False)  # the header below starts with one, as the original's
+    outputs.close_metrics()
     summary = progress.summary(result.seconds, result.val_losses)
     if summary is not None:
         messages.info(summary)
@@ -473,7 +567,10 @@ def _train_and_print(opts: Dict[str, Any], given: Dict[str, Any], messages: _Mes
         messages.info(f"best checkpoint: {result.best_checkpoint} (val loss {best[1]:.4f} at "
                       f"step {best[0]})")
     if "plot" in opts and root:
-        plot = save_loss_plot(result.losses, opts["plot"], val_losses=result.val_losses)
+        try:
+            plot = save_loss_plot(result.losses, opts["plot"], val_losses=result.val_losses)
+        except OSError as exc:
+            raise OutputWriteError(describe_oserror(exc, opts["plot"], "write the plot")) from None
         messages.info(f"loss plot: {plot}")
     _print_samples(result.samples, cfg.data_mode, out, quiet, newline=True)
     if result.samples_in_data is not None:
@@ -500,7 +597,25 @@ def _non_finite_message(exc: NonFiniteLossError) -> str:
     saved = getattr(exc, "checkpoint", None)
     note = (f"; the last checkpoint, at step {getattr(exc, 'checkpoint_step', '?')}, is "
             f"{saved} (left unchanged)" if saved is not None else "")
+    resumed = getattr(exc, "resumed_from", None)
+    if saved is None and resumed is not None:
+        note = (f"; this run was resumed from {resumed[0]} (step {resumed[1]}), the last good "
+                "checkpoint, which is unchanged: go back to it")
     return one_line(exc) + note
+
+
+def _run(opts: Dict[str, Any], given: Dict[str, Any], messages: _Messages, outputs: _Outputs,
+         root: bool) -> int:
+    if opts.get("print_config"):
+        ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
+        cfg = (config_from_checkpoint(ckpt, **given) if ckpt is not None
+               else TrainConfig(**given)).validate()
+        sys.stdout.write(settings_toml(cfg, opts))
+        sys.stdout.flush()
+        return 0
+    if opts.get("sample_only"):
+        return _sample_only(opts, given, messages.out, messages.quiet)
+    return _train_and_print(opts, given, messages, outputs, root)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -513,20 +628,29 @@ def main(argv: Optional[List[str]] = None) -> int:
 # ------------------------------------------------------------------ config files
 #: flags a config file cannot set
 _NOT_IN_CONFIG = ("help", "version", "config", "print_config")
+MAX_CONFIG_BYTES = 2**20  # a config file larger than 1 MiB is refused before reading
 
 
 def _load_toml(path: str) -> Dict[str, Any]:
+    """The settings of a TOML file: a regular file (not a FIFO or device,
+    which could block or never end) of at most MAX_CONFIG_BYTES, UTF-8."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python < 3.11
         import tomli as tomllib
+    raw = read_regular_file(path, what="config file", error=ConfigError,
+                            limit=MAX_CONFIG_BYTES)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not valid UTF-8 (invalid byte at byte offset "
+                          f"{exc.start}); a config file is UTF-8 TOML") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid TOML: its values are nested too deeply") from None
 
 
 def config_file_settings(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
@@ -612,16 +736,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     messages = _Messages(bool(opts.get("quiet", False)), sys.stdout, sys.stderr)
     outputs = _Outputs()
     try:
-        if opts.get("print_config"):
-            ckpt = load_checkpoint(opts["resume"]) if "resume" in opts else None
-            cfg = (config_from_checkpoint(ckpt, **given) if ckpt is not None
-                   else TrainConfig(**given)).validate()
-            sys.stdout.write(settings_toml(cfg, opts))
-            sys.stdout.flush()
-            return 0
-        if opts.get("sample_only"):
-            return _sample_only(opts, given, messages.out, messages.quiet)
-        return _train_and_print(opts, given, messages, outputs, root)
+        with warnings_as_notices(messages.err):
+            return _run(opts, given, messages, outputs, root)
     except TrainingInterrupted as exc:
         outputs.close_progress(interrupted=True)
         where = (f"; checkpoint saved to {exc.checkpoint} (continue with --resume "
@@ -629,8 +745,10 @@ def _main(argv: Optional[List[str]] = None) -> int:
                  else " (no --out given: nothing saved)")
         ema = outputs.progress.ema if outputs.progress is not None else None
         loss = f"; smoothed loss {ema:.4f}" if ema is not None else ""
-        print(f"interrupted after step {exc.step}{where}{loss}", file=messages.err)
-        return 130
+        terminated = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'} after step "
+              f"{exc.step}{where}{loss}", file=messages.err)
+        return 143 if terminated else 130
     except KeyboardInterrupt:
         outputs.close_progress(interrupted=True)
         return interrupted()
@@ -643,7 +761,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
         outputs.close_progress()
         return error(one_line(exc))
     finally:
-        outputs.close_metrics()
+        outputs.discard_metrics()
 
 
 class _CallableModule(types.ModuleType):

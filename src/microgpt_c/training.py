@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _core
 from . import data as data_mod
@@ -35,6 +35,8 @@ __all__ = ["TrainResult", "train"]
 
 OnSteps = Callable[[int, List[float], List[float]], None]
 OnEval = Callable[[int, float], None]
+BUILTIN_MAKEMORE = "builtin:makemore"   # data sources recorded in checkpoints
+BUILTIN_CENSUS = "builtin:census"
 MAX_CHUNK = 1 << 14      # steps per train_steps call at the most
 MAX_WINDOW_TOKENS = 1 << 22  # text mode: tokens of the windows packed for one call at the most
 BEST_NAME = "best.safetensors"
@@ -63,29 +65,40 @@ class TrainResult:
 
 
 class _DeferredInterrupt:
-    """Within the block, a first SIGINT only sets ``requested`` (checked at
-    step boundaries); a second one raises KeyboardInterrupt at once.  Only
-    active in the main thread and if SIGINT has Python's default handler."""
+    """Within the block, a first SIGINT or SIGTERM only sets ``requested``
+    (checked at step boundaries; ``signum`` says which); a second one raises
+    KeyboardInterrupt at once.  Only active in the main thread, for SIGINT if
+    it has Python's default handler and for SIGTERM if it has the system's."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
 
     def _handler(self, signum, frame):  # pragma: no cover - exercised via subprocess
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> "_DeferredInterrupt":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old.clear()
+
+    def interrupted(self, state: TrainState, saved: Optional[Path]) -> TrainingInterrupted:
+        """The TrainingInterrupted to raise (``.signum``: the signal)."""
+        exc = TrainingInterrupted(state.step, saved, state.losses)
+        exc.signum = self.signum if self.signum is not None else signal.SIGINT  # type: ignore[attr-defined]
+        return exc
 
 
 class _Saver:
@@ -106,11 +119,77 @@ class _Saver:
 
 
 # --------------------------------------------------------------------------- the steps
-def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None]) -> List[str]:
+def data_source_of(ckpt: Optional[Checkpoint]) -> Optional[str]:
+    """Where the run of ``ckpt`` took its documents from: a file path, or
+    ``builtin:makemore`` / ``builtin:census`` (a built-in set); None if the
+    checkpoint does not say (older checkpoints record only a given data
+    file)."""
+    if ckpt is None or ckpt.train is None:
+        return None
+    tc = ckpt.train.train_config
+    for key in ("data_source", "data"):
+        value = tc.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _load_source(source: str, text_mode: bool) -> Tuple[List[str], str]:
+    """The documents of a data source as :func:`data_source_of` names it (text
+    mode: one document, the whole text; a built-in set as one name a line)."""
+    if source in (BUILTIN_CENSUS, BUILTIN_MAKEMORE):
+        if source == BUILTIN_CENSUS:
+            docs = data_mod._census_names()
+            description = f"US Census first names from the 'names' package ({len(docs)} names)"
+        else:
+            docs, description = data_mod.builtin_names()
+            if description.startswith("notice:"):  # the fallback set: not the run's data
+                raise data_mod.DataError(
+                    "the checkpoint was trained on the makemore names data set, which is not "
+                    "available (not cached and not downloadable); give it with --data PATH")
+        if text_mode:
+            text = "\n".join(docs) + "\n"
+            return [text], f"{description}, as one text of {len(text)} characters (text mode)"
+        return list(docs), description
+    if text_mode:
+        text = data_mod.read_text(source)
+        return [text], f"{source} ({len(text)} characters, text mode)"
+    docs = data_mod.read_documents(source)
+    return docs, f"{source} ({len(docs)} documents)"
+
+
+def _from_checkpoint(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint]) -> Optional[str]:
+    """The checkpoint's data source if the run reads its data from there (no
+    data given, neither as ``data`` nor as ``cfg.data``)."""
+    return data_source_of(ckpt) if data is None and cfg.data is None else None
+
+
+def _source_of(path: Optional[PathArg], description: str) -> str:
+    """The data source (see :func:`data_source_of`) that
+    :func:`data_mod.load_documents` / :func:`data_mod.load_text` of ``path``
+    read, from its description."""
+    if path is None:
+        if description.startswith("data: input.txt"):
+            path = "input.txt"
+        else:
+            return BUILTIN_CENSUS if description.startswith("notice:") else BUILTIN_MAKEMORE
+    return os.path.abspath(os.fspath(path))
+
+
+def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None],
+               ckpt: Optional[Checkpoint] = None) -> Tuple[List[str], str]:
+    """Lines mode's documents and their source (see :func:`data_source_of`;
+    "" for documents given as a list)."""
+    source = _from_checkpoint(data, cfg, ckpt)
+    if source is not None:
+        docs, description = _load_source(source, text_mode=False)
+        info(f"notice: data from the checkpoint: {description}")
+        return list(docs), source
     if data is None or isinstance(data, (str, os.PathLike)):
-        docs, description = data_mod.load_documents(cfg.data if data is None else data)
+        path = cfg.data if data is None else data
+        docs, description = data_mod.load_documents(path)
         info(description)
-        return list(docs)
+        return list(docs), _source_of(path, description)
     if isinstance(data, (bytes, bytearray)):
         raise TypeError("data must be a path or a list of str documents, not bytes")
     docs = list(data)
@@ -119,7 +198,7 @@ def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None]) -> List
             raise TypeError(f"document {i} is a {type(d).__name__}, not a str")
     if not docs:
         raise data_mod.DataError("there are no documents to train on")
-    return docs
+    return docs, ""
 
 
 def _check_run_options(cfg: TrainConfig, dp, out: Optional[PathArg], ckpt: Optional[Checkpoint],
@@ -146,11 +225,12 @@ def _check_run_options(cfg: TrainConfig, dp, out: Optional[PathArg], ckpt: Optio
 
 def _prepare_data(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint],
                   info: Callable[[str], None]
-                  ) -> Tuple[List[str], str, data_mod.Tokenizer, random.Random]:
+                  ) -> Tuple[List[str], str, data_mod.Tokenizer, random.Random, str]:
     """The documents (checked against ``ckpt``, then shuffled), their
-    SHA-256 before the shuffle, the tokenizer and the run's random stream."""
+    SHA-256 before the shuffle, the tokenizer, the run's random stream and
+    the data source (see :func:`data_source_of`)."""
     text_mode = cfg.data_mode == "text"
-    documents = _text(data, cfg, info) if text_mode else _documents(data, cfg, info)
+    documents, source = (_text if text_mode else _documents)(data, cfg, info, ckpt)
     data_sha = data_mod.sha256_of_documents(documents)
     check_resume_data(ckpt, documents, data_sha)
     if cfg.threads is not None:
@@ -164,21 +244,29 @@ def _prepare_data(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint],
         check_prefix(cfg.prefix, tokenizer, max(cfg.block_size, len(cfg.prefix)) if text_mode
                      else cfg.block_size)
     check_resume_vocabulary(ckpt, tokenizer)
-    return documents, data_sha, tokenizer, rng
+    return documents, data_sha, tokenizer, rng, source
 
 
-def _text(data: Any, cfg: TrainConfig, info: Callable[[str], None]) -> List[str]:
-    """Text mode's data: one document, the whole text (of a path, or a list
-    of strings joined with newlines)."""
-    if data is None or isinstance(data, (str, os.PathLike)):
-        text, description = data_mod.load_text(cfg.data if data is None else data)
+def _text(data: Any, cfg: TrainConfig, info: Callable[[str], None],
+          ckpt: Optional[Checkpoint] = None) -> Tuple[List[str], str]:
+    """Text mode's data: one document, the whole text (of a path, of the
+    checkpoint's data source, or a list of strings joined with newlines),
+    and its source (see :func:`data_source_of`)."""
+    source = _from_checkpoint(data, cfg, ckpt)
+    if source is not None:
+        (text,), description = _load_source(source, text_mode=True)
+        info(f"notice: data from the checkpoint: {description}")
+    elif data is None or isinstance(data, (str, os.PathLike)):
+        path = cfg.data if data is None else data
+        text, description = data_mod.load_text(path)
         info(description)
+        source = _source_of(path, description)
     else:
-        text = "\n".join(_documents(data, cfg, info))
+        text, source = "\n".join(_documents(data, cfg, info)[0]), ""
     if len(text) < cfg.block_size + 1:
         raise data_mod.DataError(f"the text has {len(text)} characters; text mode needs at "
                                  f"least block_size + 1 = {cfg.block_size + 1}")
-    return [text]
+    return [text], source
 
 
 def _say_if_cut(documents: List[str], block_size: int, info: Callable[[str], None]) -> None:
@@ -423,11 +511,10 @@ def _step_loop(trainer, run_data: "_RunData", cfg: TrainConfig, state: TrainStat
             if save_every is not None and state.step % save_every == 0:
                 save()
             fast = time.perf_counter() - tc < CHUNK_SECONDS
-            if dp is not None:  # every rank stops at the same step, chunks alike
-                interrupt.requested, fast = trainer.agree(interrupt.requested, fast)
-            if interrupt.requested:
+            stopping, fast = _agree_stop(trainer, interrupt, fast, dp)
+            if stopping:
                 save()
-                raise TrainingInterrupted(state.step, save.saved, state.losses)
+                raise interrupt.interrupted(state, save.saved)
             # grow the chunk while it takes under CHUNK_SECONDS, so progress stays live
             if fast:
                 chunk = min(chunk * 2, MAX_CHUNK)
@@ -435,9 +522,24 @@ def _step_loop(trainer, run_data: "_RunData", cfg: TrainConfig, state: TrainStat
         if dp is not None:
             trainer.check_consistent()  # every rank holds the same parameters
         save()
-        if interrupt.requested:
-            raise TrainingInterrupted(state.step, save.saved, state.losses)
+        if _agree_stop(trainer, interrupt, True, dp)[0]:
+            raise interrupt.interrupted(state, save.saved)
     return seconds
+
+
+def _agree_stop(trainer, interrupt: _DeferredInterrupt, fast: bool, dp) -> Tuple[bool, bool]:
+    """(stop now, the chunk was fast).  Under MPI both are agreed by every
+    rank, and only the agreed stop counts: a signal that arrives during or
+    after the collective (while a rank waits in it) is seen by every rank at
+    the next one, so no rank stops alone."""
+    if dp is None:
+        return interrupt.requested, fast
+    stop_now, fast = trainer.agree(interrupt.signum or interrupt.requested, fast)
+    if stop_now:
+        interrupt.requested = True
+        if stop_now is not True:   # the signal number agreed (SIGTERM over SIGINT)
+            interrupt.signum = stop_now
+    return bool(stop_now), fast
 
 
 # --------------------------------------------------------------------------- train
@@ -493,20 +595,27 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
     stop = _check_run_options(cfg, dp, out, ckpt, save_every, stop_after)
     if dp is not None and dp.rank != 0:  # only rank 0 reports progress and writes checkpoints
         on_steps, on_eval, log, info = None, None, _quiet, _quiet
+    documents, data_sha, tokenizer, rng, source = _prepare_data(data, cfg, ckpt, info)
+    run_data = _RunData(cfg, documents, tokenizer, info)
+    # the output directory is created only once the inputs are read and checked
     out_file = (prepare_out_dir(out) / CHECKPOINT_NAME
                 if out is not None and (dp is None or dp.rank == 0) else None)
-
-    documents, data_sha, tokenizer, rng = _prepare_data(data, cfg, ckpt, info)
-    run_data = _RunData(cfg, documents, tokenizer, info)
     model = _build_model(cfg, documents, data_sha, tokenizer, rng, ckpt, log, info)
+    if source:
+        model.train_state.train_config["data_source"] = source
     state = model.train_state
     start_step = state.step
     save = _Saver(out_file, model, state)
     best_file = out_file.parent / BEST_NAME if out_file is not None and cfg.keep_best else None
     evaluate = _Evaluator(model, run_data, cfg, state, on_eval, best_file)
     trainer = distributed.DataParallelModel(model, dp) if dp is not None else model
-    seconds = _step_loop(trainer, run_data, cfg, state, stop, save_every, save,
-                         on_steps, dp, evaluate)
+    try:
+        seconds = _step_loop(trainer, run_data, cfg, state, stop, save_every, save,
+                             on_steps, dp, evaluate)
+    except NonFiniteLossError as err:
+        if ckpt is not None:  # the checkpoint this run was resumed from
+            err.resumed_from = (ckpt.path, ckpt.step)  # type: ignore[attr-defined]
+        raise
     samples: List[str] = []
     if sample and cfg.num_samples:
         samples = _sample(model, tokenizer, rng, cfg)
