@@ -135,6 +135,13 @@ static inline mg_fp_state_t mg_fp_enter_state(mg_fp_state_t caller) {
         }                                                                       \
     } while (0)
 
+/* A per-thread scratch buffer of at least `bytes` bytes, 64-byte aligned,
+ * reused by later calls of the same thread with the same slot (its contents
+ * are not kept across calls of other code using the slot); NULL if memory is
+ * short (callers then take a path without it).  scratch.c. */
+enum { MG_SCRATCH_GEMM = 0, MG_SCRATCH_DWEIGHT = 1, MG_SCRATCH_SLOTS = 2 };
+void *mg_scratch(int slot, size_t bytes);
+
 /* Named variants of the ops (each can be forced for tests and benchmarks;
  * the rule that picks one lives next to the op). */
 enum { MG_OP_MATMUL = 0, MG_OP_ATTENTION = 1, MG_OP_ADAM = 2, MG_NUM_OPS = 3 };

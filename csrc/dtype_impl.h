@@ -16,6 +16,9 @@
 #include "ops/rmsnorm.h"
 #include "ops/elementwise.h"
 #include "ops/adam.h"
+/* the GEMM's pack buffers: this thread's scratch (scratch.c) */
+#define MG_GEMM_MALLOC(n) mg_scratch(MG_SCRATCH_GEMM, (n))
+#define MG_GEMM_FREE(p) ((void)(p))
 #include "ops/gemm.h"
 #include "ops/matmul.h"
 #include "ops/attention.h"

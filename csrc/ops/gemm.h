@@ -44,9 +44,11 @@
 #define MG_GEMM_MIN_TILES 4
 #endif
 
-/* the pack buffers' allocator (a NULL result: the slow unpacked loop) */
+/* the pack buffers' allocator (a NULL result: the slow unpacked loop) and
+ * its release (the model's build: a per-thread buffer, nothing to free) */
 #ifndef MG_GEMM_MALLOC
 #define MG_GEMM_MALLOC(n) malloc(n)
+#define MG_GEMM_FREE(p) free(p)
 #endif
 #define MG_GEMM_INLINE static inline __attribute__((always_inline))
 /* clang splits 64-byte vectors in two when the target prefers 256-bit ones
@@ -294,7 +296,7 @@ static void FN(gemm_run)(REAL *Cm,                           /* (M, N), row stri
     int packa = FN(gemm_pack_a_needed)(rsA, csA, mcmax);
     size_t nb = (size_t)kcmax * tn, na = packa ? (size_t)kcmax * mcmax : 0;
     /* one allocation: B panels (64-byte aligned) then A panels */
-    char *mem = MG_GEMM_MALLOC(sizeof(REAL) * (nb + na) + 64);
+    char *mem = (char *)MG_GEMM_MALLOC(sizeof(REAL) * (nb + na) + 64);
     REAL *bp = mem ? (REAL *)(mem + (64 - (uintptr_t)mem % 64) % 64) : NULL;
     REAL *ap = bp ? bp + nb : NULL;
     for (int t = tile0; t < tile1; t++) {
@@ -334,7 +336,7 @@ static void FN(gemm_run)(REAL *Cm,                           /* (M, N), row stri
             }
         }
     }
-    free(mem);
+    MG_GEMM_FREE(mem);
 }
 
 /* Computes tiles tile0..tile1-1 of the grid of FN(gemm_num_tiles)(M, N); any

@@ -471,7 +471,7 @@ static void FN(matmul_backward_dinp_gemm)(REAL *dinp,           /* (N, C) */
  * (from 0) applied at once by Adam to weight, A->m, A->v, MG_DW_CHUNK columns
  * at a time through a scratch block (dweight not touched).  a(o, n) =
  * dout[n][o]: the gemm packs it; one thread. */
-#define MG_GEMM_TASK_ROWS (MG_GEMM_MR * (MG_GEMM_F32 ? 8 : 16))
+#define MG_GEMM_TASK_ROWS (MG_GEMM_MR * (MG_GEMM_F32 ? 16 : 32))
 MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC, C) */
                                                     const REAL *dout,     /* (N, OC) */
                                                     const REAL *inp,      /* (N, C) */
@@ -485,7 +485,7 @@ MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC
         return;
     }
     const int cw = C < MG_DW_CHUNK ? C : MG_DW_CHUNK;
-    REAL *g = (REAL *)malloc(sizeof(REAL) * (size_t)R * (size_t)cw);
+    REAL *g = (REAL *)mg_scratch(MG_SCRATCH_DWEIGHT, sizeof(REAL) * (size_t)R * (size_t)cw);
     if (g == NULL) {   /* no scratch: the register-tile loop (the same values) */
         FN(matmul_backward_dweight)(NULL, dout, inp, N, C, OC, o0, o1, weight, A);
         return;
@@ -504,7 +504,6 @@ MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC
             FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g + (size_t)r * cl, cl, &Aloc);
         }
     }
-    free(g);
 }
 
 
