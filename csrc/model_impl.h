@@ -399,8 +399,7 @@ static void FN(transpose_rows)(mg_model *M, int j, int o0, int o1) {
  * which task.  Threads take fixed contiguous shares of the task list by
  * work (the same rows every step: the weights, moments and transposed rows
  * a thread updates stay in its cache). */
-static int FN(rows_per_task)(int C, int mm) {
-    if (mm == MG_MM_GEMM) return MG_GEMM_TASK_ROWS;   /* a block the gemm's packing pays for */
+static int FN(rows_per_task)(int C) {
     const int r = (MG_TASK_WORK / C + 3) / 4 * 4;
     return r < 4 ? 4 : r;
 }
@@ -408,29 +407,39 @@ static int FN(rows_per_task)(int C, int mm) {
 /* Rows o0 .. o1-1 of weight job J: accumulate their gradients into grads
  * (A == NULL), or apply them by Adam at once (A != NULL). */
 static void FN(weight_rows)(mg_model *M, const mg_batch *B, int j, const FN(wjob_t) *J, int o0,
-                            int o1, const FN(adam_ctx_t) *A, int transpose, int mm) {
+                            int o1, const FN(adam_ctx_t) *A, int transpose) {
     const int N = B->n_tokens;
     if (A == NULL) {
-        if (mm == MG_MM_GEMM)
-            FN(matmul_backward_dweight_gemm)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1,
-                                             J->weight, NULL);
-        else
-            FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1,
-                                        J->weight, NULL);
+        FN(matmul_backward_dweight)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
+                                    NULL);
         return;
     }
     const size_t off = (size_t)(J->weight - (REAL *)M->params);
     FN(adam_ctx_t) Aw = *A;
     Aw.m = (REAL *)M->m_adam + off;
     Aw.v = (REAL *)M->v_adam + off;
-    if (mm == MG_MM_GEMM)
-        FN(matmul_backward_dweight_gemm)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight,
-                                         &Aw);
-    else
-        FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
+    FN(matmul_backward_dweight)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, J->weight, &Aw);
     /* the updated rows into the transposed copy (columns o0 .. o1-1) for
      * the next step's forward */
     if (transpose) FN(transpose_rows)(M, j, o0, o1);
+}
+
+/* The gemm variant's block of weight job J: rows o0 .. o1-1, columns c0 ..
+ * c1-1, accumulated into grads (A == NULL) or applied by Adam at once. */
+static void FN(weight_block)(mg_model *M, const mg_batch *B, const FN(wjob_t) *J, int o0, int o1,
+                             int c0, int c1, const FN(adam_ctx_t) *A) {
+    const int N = B->n_tokens;
+    if (A == NULL) {
+        FN(matmul_backward_dweight_gemm)(J->dweight, J->dout, J->inp, N, J->C, J->OC, o0, o1, c0,
+                                         c1, J->weight, NULL);
+        return;
+    }
+    const size_t off = (size_t)(J->weight - (REAL *)M->params);
+    FN(adam_ctx_t) Aw = *A;
+    Aw.m = (REAL *)M->m_adam + off;
+    Aw.v = (REAL *)M->v_adam + off;
+    FN(matmul_backward_dweight_gemm)(NULL, J->dout, J->inp, N, J->C, J->OC, o0, o1, c0, c1,
+                                     J->weight, &Aw);
 }
 
 /* wte/wpe: the encoder backward (serial: tokens share rows), then Adam. */
@@ -470,11 +479,23 @@ static void FN(weight_tasks)(mg_model *M, const mg_batch *B, const FN(adam_ctx_t
     acc = emb;
     for (int j = 0; j < jobs; j++) {
         const FN(wjob_t) J = FN(weight_job)(M, j);
-        const int r = FN(rows_per_task)(J.C, mm);
+        if (mm == MG_MM_GEMM) {   /* blocks of rows x columns (see weight_block) */
+            for (int c0 = 0; c0 < J.C; c0 += MG_GEMM_TASK_COLS)
+                for (int o0 = 0; o0 < J.OC; o0 += MG_GEMM_TASK_ROWS) {
+                    const int c1 = c0 + MG_GEMM_TASK_COLS < J.C ? c0 + MG_GEMM_TASK_COLS : J.C;
+                    const int o1 = o0 + MG_GEMM_TASK_ROWS < J.OC ? o0 + MG_GEMM_TASK_ROWS : J.OC;
+                    const size_t cost = (size_t)(o1 - o0) * (size_t)(c1 - c0);
+                    if (FN(owner)(acc, cost, total, nt) == me)
+                        FN(weight_block)(M, B, &J, o0, o1, c0, c1, A);
+                    acc += cost;
+                }
+            continue;
+        }
+        const int r = FN(rows_per_task)(J.C);
         for (int o0 = 0; o0 < J.OC; o0 += r) {
             const int o1 = o0 + r < J.OC ? o0 + r : J.OC;
             const size_t cost = (size_t)(o1 - o0) * (size_t)J.C;
-            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, B, j, &J, o0, o1, A, transpose, mm);
+            if (FN(owner)(acc, cost, total, nt) == me) FN(weight_rows)(M, B, j, &J, o0, o1, A, transpose);
             acc += cost;
         }
     }

@@ -215,7 +215,30 @@ MG_GEMM_UNROLL
             if (nr) memcpy(edge + (size_t)k * MG_GEMM_NR, bk + nfull, sizeof(REAL) * nr);
         }
     } else {
-        for (int j = 0; j < n; j++) {
+        int j = 0;
+#if defined(MG_HAVE_SHUFFLE) && MG_HAVE_SHUFFLE
+        /* (the model's build, GCC: simd.h's in-register transpose) columns
+         * contiguous in k: W x W blocks, W loads, a transpose, W stores */
+        if (rsB == 1 && MG_LANES == MG_GEMM_W) {
+            const int kfull = kc / MG_GEMM_W * MG_GEMM_W;
+            for (; j + MG_GEMM_W <= n; j += MG_GEMM_W) {
+                REAL *dst = bp + (size_t)(j / MG_GEMM_NR) * MG_GEMM_NR * kc + j % MG_GEMM_NR;
+                const REAL *bj = B + (size_t)j * csB;
+                for (int k0 = 0; k0 < kfull; k0 += MG_GEMM_W) {
+                    VEC r[MG_LANES];
+                    MG_UNROLL
+                    for (int l = 0; l < MG_LANES; l++) r[l] = LOADU(bj + (size_t)l * csB + k0);
+                    FN(vtranspose)(r);
+                    MG_UNROLL
+                    for (int l = 0; l < MG_LANES; l++) STOREU(dst + (size_t)(k0 + l) * MG_GEMM_NR, r[l]);
+                }
+                for (int l = 0; l < MG_GEMM_W; l++)
+                    for (int k = kfull; k < kc; k++)
+                        dst[(size_t)k * MG_GEMM_NR + l] = bj[(size_t)l * csB + k];
+            }
+        }
+#endif
+        for (; j < n; j++) {
             const REAL *bj = B + (size_t)j * csB;
             REAL *dst = bp + (size_t)(j / MG_GEMM_NR) * MG_GEMM_NR * kc + j % MG_GEMM_NR;
             if (rsB == 1 && j + 1 < n)

@@ -466,43 +466,61 @@ static void FN(matmul_backward_dinp_gemm)(REAL *dinp,           /* (N, C) */
     FN(gemm_par)(dinp, C, dout, OC, 1, weight, C, 1, N, C, OC, 1);
 }
 
-/* Weight rows o0 .. o1-1 of a gemm-variant task: dweight[o][:] += the sum
- * over the N tokens of dout[n][o] inp[n][:] (A == NULL), or that gradient
- * (from 0) applied at once by Adam to weight, A->m, A->v, MG_DW_CHUNK columns
- * at a time through a scratch block (dweight not touched).  a(o, n) =
- * dout[n][o]: the gemm packs it; one thread. */
-#define MG_GEMM_TASK_ROWS (MG_GEMM_MR * (MG_GEMM_F32 ? 16 : 32))
+/* One gemm-variant weight-gradient task: rows o0 .. o1-1, columns c0 ..
+ * c1-1 of the weight: dweight[o][c] += the sum over the N tokens of
+ * dout[n][o] inp[n][c] (A == NULL), or that gradient (from 0) applied at once
+ * by Adam to weight, A->m, A->v through a scratch block (dweight not
+ * touched).  a(o, n) = dout[n][o] is packed by the gemm; b = inp's columns
+ * c0 .. c1-1, packed once per task (so tasks span many rows: the packing of
+ * the N x (c1 - c0) block is amortised over them).  One thread. */
+#ifndef MG_GEMM_TASK_ROWS
+#define MG_GEMM_TASK_ROWS 512
+#endif
+#define MG_GEMM_TASK_COLS MG_DW_CHUNK
 MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC, C) */
                                                     const REAL *dout,     /* (N, OC) */
                                                     const REAL *inp,      /* (N, C) */
                                                     int N, int C, int OC, int o0, int o1,
+                                                    int c0, int c1,
                                                     REAL *weight,         /* (OC, C) */
                                                     const FN(adam_ctx_t) *A) {
-    const int R = o1 - o0;
+    const int R = o1 - o0, cl = c1 - c0;
     if (A == NULL) {
-        FN(gemm_run)(dweight + (size_t)o0 * C, C, dout + o0, 1, OC, inp, C, 1, R, C, N, 1, 1, 0,
-                     INT32_MAX);
-        return;
-    }
-    const int cw = C < MG_DW_CHUNK ? C : MG_DW_CHUNK;
-    REAL *g = (REAL *)mg_scratch(MG_SCRATCH_DWEIGHT, sizeof(REAL) * (size_t)R * (size_t)cw);
-    if (g == NULL) {   /* no scratch: the register-tile loop (the same values) */
-        FN(matmul_backward_dweight)(NULL, dout, inp, N, C, OC, o0, o1, weight, A);
+        FN(gemm_run)(dweight + (size_t)o0 * C + c0, C, dout + o0, 1, OC, inp + c0, C, 1, R, cl, N,
+                     1, 1, 0, INT32_MAX);
         return;
     }
     FN(adam_ctx_t) Aloc = *A;   /* a local copy: no aliasing with the moments */
-    for (int c0 = 0; c0 < C; c0 += cw) {
-        const int cl = C - c0 < cw ? C - c0 : cw;
-        FN(gemm_run)(g, cl, dout + o0, 1, OC, inp + c0, C, 1, R, cl, N, 0, 1, 0, INT32_MAX);
-        if (cl == C) {   /* whole rows: contiguous in the parameters, as in g */
-            const size_t at = (size_t)o0 * C;
-            FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g, R * C, &Aloc);
-            continue;
+    REAL *g = (REAL *)mg_scratch(MG_SCRATCH_DWEIGHT, sizeof(REAL) * (size_t)R * (size_t)cl);
+    if (g == NULL) {   /* no scratch: the register-tile loop, in row blocks (the same values) */
+        for (int o = o0; o < o1; o += 4) {
+            const int oe = o + 4 < o1 ? o + 4 : o1;
+            REAL gb[4 * MG_DW_CHUNK];
+            const int ok = cl <= MG_DW_CHUNK;
+            if (!ok) return;   /* (tasks are at most MG_DW_CHUNK wide) */
+            for (int r = 0; r < oe - o; r++)
+                for (int c = 0; c < cl; c++) {
+                    REAL acc = 0;
+                    for (int n = 0; n < N; n++)
+                        acc += dout[(size_t)n * OC + o + r] * inp[(size_t)n * C + c0 + c];
+                    gb[r * cl + c] = acc;
+                }
+            for (int r = 0; r < oe - o; r++) {
+                const size_t at = (size_t)(o + r) * C + c0;
+                FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, gb + (size_t)r * cl, cl, &Aloc);
+            }
         }
-        for (int r = 0; r < R; r++) {
-            const size_t at = (size_t)(o0 + r) * C + c0;
-            FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g + (size_t)r * cl, cl, &Aloc);
-        }
+        return;
+    }
+    FN(gemm_run)(g, cl, dout + o0, 1, OC, inp + c0, C, 1, R, cl, N, 0, 1, 0, INT32_MAX);
+    if (cl == C) {   /* whole rows: contiguous in the parameters, as in g */
+        const size_t at = (size_t)o0 * C;
+        FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g, R * C, &Aloc);
+        return;
+    }
+    for (int r = 0; r < R; r++) {
+        const size_t at = (size_t)(o0 + r) * C + c0;
+        FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, g + (size_t)r * cl, cl, &Aloc);
     }
 }
 
