@@ -499,6 +499,8 @@ ATTENTION_PATH_SHAPES = [
     # 128 with heads of 16): one query block, two (64 + 6), three with a
     # ragged head width
     (50, 0, 64, 2, 56), (70, 0, 96, 3, 70), (130, 0, 36, 2, 131),
+    # float32 query lanes over channel lanes (heads of 16, >= 32 queries)
+    (40, 0, 64, 4, 40),
 ]
 ATTENTION_PATH_CASES = [pytest.param(s, id="x".join(map(str, s))) for s in ATTENTION_PATH_SHAPES]
 
