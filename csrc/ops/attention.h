@@ -250,14 +250,31 @@ MG_HOT static void FN(attention_backward_doc)(REAL *dq, REAL *dk, REAL *dv, cons
                 REAL *dqi = dq + (size_t)(i0 + l) * C + hs;
                 for (int j = 0; j < HS; j++) dqi[j] += gT[(size_t)j * NB + l];
             }
-            /* dk, dv: rank-1 updates per (query, key) */
-            for (int l = 0; l < nb; l++) {
-                const int i = i0 + l;
-                const REAL *qi = q + (size_t)i * C + hs, *di = dout + (size_t)i * C + hs;
-                for (int t = 0; t <= i; t++) {
-                    const REAL ds = D[(size_t)t * NB + l], wt = W[(size_t)t * NB + l];
-                    REAL *dkt = dk + (size_t)t * C + hs, *dvt = dv + (size_t)t * C + hs;
-                    for (int j = 0; j < HS; j++) { dkt[j] += ds * qi[j]; dvt[j] += wt * di[j]; }
+            /* dk, dv: key by key, the block's queries i0 + l >= t added in
+             * query order (the sums of rank-1 updates per (query, key) in
+             * that order, the same operations), kept in registers */
+            for (int t = 0; t < nt; t++) {
+                const int l0 = t > i0 ? t - i0 : 0;
+                REAL *dkt = dk + (size_t)t * C + hs, *dvt = dv + (size_t)t * C + hs;
+                const REAL *qb = q + (size_t)i0 * C + hs, *db = dout + (size_t)i0 * C + hs;
+                int j = 0;
+                for (; j + NB <= HS; j += NB) {
+                    VEC ak = LOADU(dkt + j), av = LOADU(dvt + j);
+                    for (int l = l0; l < nb; l++) {
+                        ak += D[(size_t)t * NB + l] * LOADU(qb + (size_t)l * C + j);
+                        av += W[(size_t)t * NB + l] * LOADU(db + (size_t)l * C + j);
+                    }
+                    STOREU(dkt + j, ak);
+                    STOREU(dvt + j, av);
+                }
+                for (; j < HS; j++) {
+                    REAL ak = dkt[j], av = dvt[j];
+                    for (int l = l0; l < nb; l++) {
+                        ak += D[(size_t)t * NB + l] * qb[(size_t)l * C + j];
+                        av += W[(size_t)t * NB + l] * db[(size_t)l * C + j];
+                    }
+                    dkt[j] = ak;
+                    dvt[j] = av;
                 }
             }
         }
