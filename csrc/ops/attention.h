@@ -187,7 +187,22 @@ MG_HOT static void FN(attention_forward_doc)(REAL *out, REAL *att, const REAL *q
             for (int j = 0; j < HS; j++)
                 for (int l = 0; l < NB; l++)
                     qT[(size_t)j * NB + l] = l < nb ? q[(size_t)(i0 + l) * C + hs + j] : (REAL)0;
-            for (int t = 0; t < nt; t++) {
+            /* (four keys, then four channels, at a time: independent sums
+             * that hide the add latency; each lane's sums in the same order) */
+            int t = 0;
+            for (; t + 4 <= nt; t += 4) {
+                const REAL *k0 = k + (size_t)t * C + hs, *k1 = k0 + C, *k2 = k1 + C, *k3 = k2 + C;
+                VEC s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+                for (int j = 0; j < HS; j++) {
+                    const VEC x = LOADU(qT + (size_t)j * NB);
+                    s0 += x * k0[j]; s1 += x * k1[j]; s2 += x * k2[j]; s3 += x * k3[j];
+                }
+                STOREU(S + (size_t)t * NB, s0 * scale);
+                STOREU(S + (size_t)(t + 1) * NB, s1 * scale);
+                STOREU(S + (size_t)(t + 2) * NB, s2 * scale);
+                STOREU(S + (size_t)(t + 3) * NB, s3 * scale);
+            }
+            for (; t < nt; t++) {
                 const REAL *kt = k + (size_t)t * C + hs;
                 VEC sv = {0};
                 for (int j = 0; j < HS; j++) sv += LOADU(qT + (size_t)j * NB) * kt[j];
@@ -195,10 +210,23 @@ MG_HOT static void FN(attention_forward_doc)(REAL *out, REAL *att, const REAL *q
             }
             MG_ATT_DOC_SOFTMAX(S, att, i0, nb, nt, h, NH, T);
             for (int l = nb; l < NB; l++)
-                for (int t = 0; t < nt; t++) S[(size_t)t * NB + l] = 0;
-            for (int j = 0; j < HS; j++) {
+                for (t = 0; t < nt; t++) S[(size_t)t * NB + l] = 0;
+            int j = 0;
+            for (; j + 4 <= HS; j += 4) {
+                VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                for (t = 0; t < nt; t++) {
+                    const VEC w = LOADU(S + (size_t)t * NB);
+                    const REAL *vt = v + (size_t)t * C + hs + j;
+                    a0 += w * vt[0]; a1 += w * vt[1]; a2 += w * vt[2]; a3 += w * vt[3];
+                }
+                for (int l = 0; l < nb; l++) {
+                    REAL *o = out + (size_t)(i0 + l) * C + hs + j;
+                    o[0] = a0[l]; o[1] = a1[l]; o[2] = a2[l]; o[3] = a3[l];
+                }
+            }
+            for (; j < HS; j++) {
                 VEC a = {0};
-                for (int t = 0; t < nt; t++) a += LOADU(S + (size_t)t * NB) * v[(size_t)t * C + hs + j];
+                for (t = 0; t < nt; t++) a += LOADU(S + (size_t)t * NB) * v[(size_t)t * C + hs + j];
                 for (int l = 0; l < nb; l++) out[(size_t)(i0 + l) * C + hs + j] = a[l];
             }
         }
@@ -229,21 +257,51 @@ MG_HOT static void FN(attention_backward_doc)(REAL *dq, REAL *dk, REAL *dv, cons
                 for (int l = 0; l < NB; l++)
                     dT[(size_t)j * NB + l] = l < nb ? dout[(size_t)(i0 + l) * C + hs + j] : (REAL)0;
             VEC dot = {0};
-            for (int t = 0; t < nt; t++) {
+            int t = 0;
+            for (; t + 4 <= nt; t += 4) {   /* (four keys at a time; dot in key order) */
+                const REAL *v0 = v + (size_t)t * C + hs, *v1 = v0 + C, *v2 = v1 + C, *v3 = v2 + C;
+                VEC g0 = {0}, g1 = {0}, g2 = {0}, g3 = {0};
+                for (int j = 0; j < HS; j++) {
+                    const VEC x = LOADU(dT + (size_t)j * NB);
+                    g0 += x * v0[j]; g1 += x * v1[j]; g2 += x * v2[j]; g3 += x * v3[j];
+                }
+                STOREU(D + (size_t)t * NB, g0);
+                STOREU(D + (size_t)(t + 1) * NB, g1);
+                STOREU(D + (size_t)(t + 2) * NB, g2);
+                STOREU(D + (size_t)(t + 3) * NB, g3);
+                dot += LOADU(W + (size_t)t * NB) * g0;
+                dot += LOADU(W + (size_t)(t + 1) * NB) * g1;
+                dot += LOADU(W + (size_t)(t + 2) * NB) * g2;
+                dot += LOADU(W + (size_t)(t + 3) * NB) * g3;
+            }
+            for (; t < nt; t++) {
                 const REAL *vt = v + (size_t)t * C + hs;
                 VEC g = {0};
                 for (int j = 0; j < HS; j++) g += LOADU(dT + (size_t)j * NB) * vt[j];
                 STOREU(D + (size_t)t * NB, g);
                 dot += LOADU(W + (size_t)t * NB) * g;
             }
-            for (int t = 0; t < nt; t++) {
+            for (t = 0; t < nt; t++) {
                 const VEC wv = LOADU(W + (size_t)t * NB);
                 STOREU(D + (size_t)t * NB, wv * (LOADU(D + (size_t)t * NB) - dot) * scale);
             }
-            /* dq (lanes = queries) */
-            for (int j = 0; j < HS; j++) {
+            /* dq (lanes = queries), four channels at a time */
+            int j = 0;
+            for (; j + 4 <= HS; j += 4) {
+                VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                for (t = 0; t < nt; t++) {
+                    const VEC d = LOADU(D + (size_t)t * NB);
+                    const REAL *kt = k + (size_t)t * C + hs + j;
+                    a0 += d * kt[0]; a1 += d * kt[1]; a2 += d * kt[2]; a3 += d * kt[3];
+                }
+                STOREU(gT + (size_t)j * NB, a0);
+                STOREU(gT + (size_t)(j + 1) * NB, a1);
+                STOREU(gT + (size_t)(j + 2) * NB, a2);
+                STOREU(gT + (size_t)(j + 3) * NB, a3);
+            }
+            for (; j < HS; j++) {
                 VEC a = {0};
-                for (int t = 0; t < nt; t++) a += LOADU(D + (size_t)t * NB) * k[(size_t)t * C + hs + j];
+                for (t = 0; t < nt; t++) a += LOADU(D + (size_t)t * NB) * k[(size_t)t * C + hs + j];
                 STOREU(gT + (size_t)j * NB, a);
             }
             for (int l = 0; l < nb; l++) {

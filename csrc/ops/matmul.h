@@ -492,24 +492,20 @@ MG_HOT static void FN(matmul_backward_dweight_gemm)(REAL *dweight,        /* (OC
     }
     FN(adam_ctx_t) Aloc = *A;   /* a local copy: no aliasing with the moments */
     REAL *g = (REAL *)mg_scratch(MG_SCRATCH_DWEIGHT, sizeof(REAL) * (size_t)R * (size_t)cl);
-    if (g == NULL) {   /* no scratch: the register-tile loop, in row blocks (the same values) */
-        for (int o = o0; o < o1; o += 4) {
-            const int oe = o + 4 < o1 ? o + 4 : o1;
-            REAL gb[4 * MG_DW_CHUNK];
-            const int ok = cl <= MG_DW_CHUNK;
-            if (!ok) return;   /* (tasks are at most MG_DW_CHUNK wide) */
-            for (int r = 0; r < oe - o; r++)
-                for (int c = 0; c < cl; c++) {
+    if (g == NULL) {   /* no scratch: row by row through a stack buffer (the same sums) */
+        REAL gb[MG_DW_CHUNK];
+        for (int o = o0; o < o1; o++)
+            for (int cc = c0; cc < c1; cc += MG_DW_CHUNK) {
+                const int w = c1 - cc < MG_DW_CHUNK ? c1 - cc : MG_DW_CHUNK;
+                for (int c = 0; c < w; c++) {
                     REAL acc = 0;
                     for (int n = 0; n < N; n++)
-                        acc += dout[(size_t)n * OC + o + r] * inp[(size_t)n * C + c0 + c];
-                    gb[r * cl + c] = acc;
+                        acc += dout[(size_t)n * OC + o] * inp[(size_t)n * C + cc + c];
+                    gb[c] = acc;
                 }
-            for (int r = 0; r < oe - o; r++) {
-                const size_t at = (size_t)(o + r) * C + c0;
-                FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, gb + (size_t)r * cl, cl, &Aloc);
+                const size_t at = (size_t)o * C + cc;
+                FN(adam_span)(weight + at, Aloc.m + at, Aloc.v + at, gb, w, &Aloc);
             }
-        }
         return;
     }
     FN(gemm_run)(g, cl, dout + o0, 1, OC, inp + c0, C, 1, R, cl, N, 0, 1, 0, INT32_MAX);
