@@ -48,6 +48,8 @@
  * its release (the model's build: a per-thread buffer, nothing to free) */
 #ifndef MG_GEMM_MALLOC
 #define MG_GEMM_MALLOC(n) malloc(n)
+#endif
+#ifndef MG_GEMM_FREE
 #define MG_GEMM_FREE(p) free(p)
 #endif
 #define MG_GEMM_INLINE static inline __attribute__((always_inline))
@@ -295,12 +297,23 @@ MG_HOT static void FN(gemm_naive)(REAL *Cm, int ldc, const REAL *A, int rsA, int
     }
 }
 
-/* Row-contiguous A (csA == 1) is read in place unless its MC rows would crowd
- * a few L2 sets: rows a multiple of 4 KiB apart fall on 64 KiB / 2^t set
- * offsets (a 16-way L2 with 64 KiB ways assumed). */
+/* Row-contiguous A (csA == 1) is read in place unless its rows would crowd a
+ * few cache sets: the MR rows the micro-kernel reads at once in L1 (64 sets of
+ * 64-byte lines, 4 KiB a way, 12 ways assumed: more than 6 of the MR rows on
+ * one set, with B's panel and C's rows competing, thrash it; e.g. rows 4 KiB
+ * apart, the fc2 forward and fc1 dinp at width 256, ran at 45% of peak read
+ * in place), or its MC rows in L2 (rows a multiple of 4 KiB apart fall on
+ * 64 KiB / 2^t set offsets; a 16-way L2 with 64 KiB ways assumed). */
 static int FN(gemm_pack_a_needed)(int rsA, int csA, int mc) {
     if (csA != 1) return 1;
-    size_t stride = (size_t)rsA * sizeof(REAL), g = 65536;
+    const size_t stride = (size_t)rsA * sizeof(REAL);
+    if (stride % 64 == 0) {
+        size_t lines = (stride / 64) % 64, sets = 64;
+        if (lines != 0) { size_t a = 64, b = lines; while (b) { size_t t = a % b; a = b; b = t; } sets = 64 / a; }
+        else sets = 1;
+        if ((size_t)(MG_GEMM_MR + sets - 1) / sets > 6) return 1;
+    }
+    size_t g = 65536;
     while (stride % g) g /= 2;
     return mc > 16 * (int)(65536 / g);
 }

@@ -19,7 +19,7 @@ CC=${CC:-gcc}
 CFLAGS=${CFLAGS:--O3}
 OPENMP=${OPENMP:-1}
 CLONES_DEFAULT=0
-if $CC --version | grep -q "Free Software Foundation" && [ "$(uname -m)" = x86_64 ]; then CLONES_DEFAULT=1; fi
+if $CC --version | grep -q "Free Software Foundation" && "$CC" -dumpmachine | grep -q "^x86_64"; then CLONES_DEFAULT=1; fi
 CLONES=${CLONES:-$CLONES_DEFAULT}
 
 FLAGS=(-std=c11 -O3 -fno-math-errno -Wall -Wextra)
@@ -39,7 +39,7 @@ mkdir -p "$(dirname "$OUT")"
 "$CC" "${FLAGS[@]}" -ffp-contract=off $CFLAGS "${HOT[@]}" -c "$HERE/test_gemm.c" -o "$OBJ/test_gemm.o"
 # shellcheck disable=SC2086
 "$CC" "${FLAGS[@]}" $CFLAGS "$OBJ"/*.o -o "$OUT" -lm
-if command -v objdump >/dev/null && [ "$(uname -m)" = x86_64 ]; then
+if command -v objdump >/dev/null && "$CC" -dumpmachine | grep -q "^x86_64"; then
     n32=$(objdump -d "$OBJ/gemm_f32.o" | grep -c vfmadd || true)
     n64=$(objdump -d "$OBJ/gemm_f64.o" | grep -c vfmadd || true)
     echo "vfmadd instructions: float32 object $n32, float64 object $n64" >&2
