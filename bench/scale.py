@@ -278,3 +278,63 @@ def rss_worker(impl: str, key: str, steps: int = 2) -> dict:
 def set_seed_everywhere(seed: int = 0):
     random.seed(seed)
     np.random.seed(seed)
+
+
+def main(argv=None) -> int:
+    """``python bench/scale.py [--threads N] [--no-torch] [SIZE ...]``: the sweep's
+    timings for the given sizes (keys like 256/128x4:16 = n_embd/block x layers :
+    batch; default: every size), microgpt_c and PyTorch interleaved, one line each
+    with ms/step, the ratio and the MFU against bench/c/peak's measured peak."""
+    import argparse
+    import os
+    import sys
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("sizes", nargs="*", help="n_embd/block_size x n_layer : batch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args(argv)
+    sizes = []
+    for key in a.sizes:
+        try:
+            dims, batch = key.split(":")
+            cb, layers = dims.split("x")
+            c, b = cb.split("/")
+            sizes.append(ScaleSize(int(c), int(b), int(layers), int(batch)))
+        except ValueError:
+            p.error(f"size {key!r}: expected n_embd/block_size x n_layer : batch, e.g. 256/128x4:16")
+    sizes = sizes or SCALE_SIZES
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peak import measure_peak
+    peak = measure_peak().get("f32_fma_gflops")
+    import microgpt_c
+    if microgpt_c.openmp_enabled():
+        microgpt_c.set_num_threads(a.threads)
+    impls = ["microgpt_c"]
+    if not a.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(a.threads)
+            impls += list(TORCH_IMPLS)
+        except ImportError:
+            print("PyTorch not installed: microgpt_c only", file=sys.stderr)
+    from machine import cpu_summary
+    print(f"# {cpu_summary()}; threads={a.threads}; float32 FMA peak {peak} GFLOP/s (bench/c/peak)")
+    for s in sizes:
+        w0 = init_params(s)
+        r = time_interleaved({i: make_stepper(i, s, w0) for i in impls}, a.rounds, 1.0, 120)
+        mine = r["microgpt_c"]["best_s"]
+        line = f"{s.key} threads={a.threads} microgpt_c {mine * 1e3:.1f} ms"
+        if len(impls) > 1:
+            best = min(r[i]["best_s"] for i in impls[1:])
+            line += "".join(f"  {i} {r[i]['best_s'] * 1e3:.1f} ms" for i in impls[1:])
+            line += f"  x torch {best / mine:.2f}"
+        if peak:
+            line += f"  MFU {100 * model_flops(s) / mine / 1e9 / (peak * a.threads):.1f}%"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
