@@ -331,7 +331,7 @@ def test_read_only_output_directory(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(ck.CheckpointError, match="Permission denied"):
+        with pytest.raises(ck.CheckpointError, match="permission denied; check the permissions"):
             train(small_cfg(), synthetic_docs(), out=ro)
     finally:
         ro.chmod(0o700)

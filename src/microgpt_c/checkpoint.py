@@ -32,6 +32,7 @@ protected): it still loads, with a :class:`CheckpointFormatWarning`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -174,16 +175,28 @@ def prepare_out_dir(out: PathArg) -> Path:
     be created in it; raises CheckpointError with the reason otherwise."""
     d = Path(os.fspath(out))
     if d.exists() and not d.is_dir():
-        raise CheckpointError(f"output directory {d} exists and is not a directory")
+        raise CheckpointError(f"output directory {d} exists and is not a directory; choose "
+                              "another output directory (a new or an existing directory)")
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=d, prefix=".microgpt_c-write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise CheckpointError(
-            f"cannot write to the output directory {d}: {exc.strerror or exc}") from None
+        raise CheckpointError(_out_dir_message(exc, d)) from None
     return d
+
+
+def _out_dir_message(exc: OSError, d: Path) -> str:
+    """``cannot write to the output directory D: <reason>; <what to do>``."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot write to the output directory {d}: permission denied; check the "
+                "permissions of it and its parent directories, or choose another output "
+                "directory")
+    message = safeio.describe_oserror(exc, d, "write to the output directory")
+    if exc.errno not in safeio.KNOWN_ERRNOS:  # no advice from describe_oserror
+        message += "; choose another output directory"
+    return message
 
 
 def _tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:

@@ -7,15 +7,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable, Iterator, List, TextIO
 
-from .errors import MicrogptError
+from .errors import MicrogptError, Terminated
 
 __all__ = ["ArgumentParser", "EXPECTED_ERRORS", "broken_pipe", "error", "format_samples",
            "format_text_samples", "interrupted", "nonneg_int", "one_line", "positive_float",
-           "positive_int", "thread_count", "warnings_as_notices"]
+           "positive_int", "sigterm_raises", "terminated", "thread_count",
+           "warnings_as_notices"]
 
 #: Exceptions a command line reports as one ``error: ...`` line (exit 2):
 #: ours, bad values, and what the operating system refuses.
@@ -114,6 +117,40 @@ def interrupted() -> int:
     """Ctrl-C outside training: say so on stderr; return the exit status, 130."""
     print("interrupted", file=sys.stderr)
     return 130
+
+
+def terminated() -> int:
+    """SIGTERM outside training: say so on stderr; return the exit status, 143."""
+    print("terminated (SIGTERM)", file=sys.stderr)
+    return 143
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+#: the training loop's deferred handler may replace this one (as it replaces
+#: Python's default SIGINT handler): SIGTERM then stops at a step boundary
+_raise_terminated.deferrable = True  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`~microgpt_c.errors.Terminated`
+    (a KeyboardInterrupt) where it would have killed the process: while the
+    data or a checkpoint is read, or samples are drawn, it ends the command
+    as Ctrl-C does, with one line and nothing half-written.  Only if SIGTERM
+    has the system's default disposition and in the main thread (an ignored
+    or handled SIGTERM is left alone)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def broken_pipe() -> int:

@@ -13,8 +13,10 @@ runs offline.
 
 Data files are read only if they are regular files (a FIFO or a device is refused
 before it is opened) of at most ``$MICROGPT_C_MAX_DATA_BYTES`` bytes (default 2 GiB),
-see :mod:`microgpt_c.safeio`.  The tokenizer's vocabulary and :func:`pack_corpus`
-work on NumPy arrays of code points (a 50 MB text packs in about a second).
+see :mod:`microgpt_c.safeio`.  Training reads a data file into a
+:class:`~microgpt_c.documents.Documents` (one array of code points, not a
+list of str), and the tokenizer's vocabulary, the SHA-256, the shuffle and
+:func:`pack_corpus` work on NumPy arrays of code points, a chunk at a time.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Mapping, Sequence, Union
 
 from . import safeio
+from .documents import _FAST_SHUFFLE_MIN, Documents, parse_documents, shuffle_permutation
 
 __all__ = [
     "DataError",
     "DataFileNotFound",
+    "Documents",
     "NAMES_SHA256",
     "NAMES_URL",
     "Tokenizer",
@@ -45,7 +49,9 @@ __all__ = [
     "pack_windows",
     "read_text",
     "read_documents",
+    "read_documents_compact",
     "sha256_of_documents",
+    "shuffle_documents",
     "text_eval_windows",
     "window_offsets",
 ]
@@ -104,6 +110,22 @@ def read_documents(path: PathArg) -> list[str]:
     UTF-8 or has no documents.
     """
     path = Path(os.fspath(path))
+    return _parse_documents(_read_data_file(path), str(path))
+
+
+def read_documents_compact(path: PathArg) -> Documents:
+    """:func:`read_documents` as a :class:`~microgpt_c.documents.Documents`
+    (the same documents and errors, parsed vectorised, held as one array of
+    code points: about 9 bytes per document plus one per character instead
+    of about 70 per document for a list of str).  What training reads a
+    data file with."""
+    path = Path(os.fspath(path))
+    return parse_documents(_read_data_file(path), str(path), _HINT, DataError)
+
+
+def _read_data_file(path: Path) -> bytes:
+    """The bytes of a data file (a regular file within the size limit), for
+    :func:`read_documents`; the errors as it documents."""
     try:
         limit = safeio.max_bytes(safeio.MAX_DATA_ENV, safeio.DEFAULT_MAX_DATA_BYTES)
     except ValueError as exc:
@@ -123,12 +145,39 @@ def read_documents(path: PathArg) -> list[str]:
                 f"permission denied reading {path}; make the file readable or copy it elsewhere"
             ) from None
         raise
-    return _parse_documents(raw, str(path))
+    return raw
 
 
 def sha256_of_documents(docs: Iterable[str]) -> str:
-    """Hex SHA-256 digest of the documents joined by ``"\\n"`` and encoded as UTF-8."""
-    return hashlib.sha256("\n".join(docs).encode("utf-8")).hexdigest()
+    """Hex SHA-256 digest of the documents joined by ``"\\n"`` and encoded as UTF-8
+    (hashed a chunk at a time: no copy of the whole text)."""
+    if isinstance(docs, Documents):
+        return docs.sha256()
+    docs = docs if isinstance(docs, (list, tuple)) else list(docs)
+    h = hashlib.sha256()
+    try:
+        for piece in _text_pieces(docs, "\n"):
+            h.update(piece.encode("utf-8"))
+    except UnicodeEncodeError:  # (lone surrogates) the error of encoding it whole
+        "\n".join(docs).encode("utf-8")
+        raise
+    return h.hexdigest()
+
+
+def shuffle_documents(docs, rng) -> Any:
+    """The documents shuffled as ``rng.shuffle(docs)`` shuffles a list (the
+    same order and the same state of ``rng`` after), computed vectorised for
+    long lists (:func:`microgpt_c.documents.shuffle_permutation`).  A list is
+    shuffled in place and returned; a :class:`Documents` is returned
+    reordered."""
+    if isinstance(docs, Documents):
+        return docs.take(shuffle_permutation(rng, len(docs)))
+    if len(docs) < _FAST_SHUFFLE_MIN:
+        rng.shuffle(docs)
+        return docs
+    perm = shuffle_permutation(rng, len(docs)).tolist()
+    docs[:] = [docs[i] for i in perm]
+    return docs
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -337,18 +386,22 @@ def builtin_names(fetch: bool = True, timeout: float = 10.0) -> tuple[list[str],
     )
 
 
-def load_documents(data: PathArg | None = None, *, fetch: bool = True) -> tuple[list[str], str]:
+def load_documents(data: PathArg | None = None, *, fetch: bool = True,
+                   compact: bool = False) -> tuple[Any, str]:
     """The training documents and a one-line description of where they come from.
 
     In order of precedence: the file ``data`` if given, else ``input.txt`` in the
-    current directory if it exists, else :func:`builtin_names`.
+    current directory if it exists, else :func:`builtin_names`.  The
+    documents are a list, or with ``compact`` those of a file are a
+    :class:`Documents` (:func:`read_documents_compact`).
     """
+    read = read_documents_compact if compact else read_documents
     if data is not None:
-        docs = read_documents(data)
+        docs = read(data)
         return docs, f"data: {os.fspath(data)} ({len(docs)} documents)"
     input_txt = Path.cwd() / "input.txt"
     if input_txt.exists():
-        docs = read_documents(input_txt)
+        docs = read(input_txt)
         return docs, f"data: input.txt in the current directory ({len(docs)} documents)"
     return builtin_names(fetch)
 
@@ -368,13 +421,16 @@ def pack_corpus(tokenizer: Tokenizer, docs: Iterable[str]):
     for a character not in the vocabulary."""
     import numpy as np  # a run-time dependency of the package
 
-    docs = docs if isinstance(docs, (list, tuple)) else list(docs)
-    if not docs:
+    if not isinstance(docs, Documents):
+        docs = docs if isinstance(docs, (list, tuple)) else list(docs)
+    if not len(docs):
         raise DataError("there are no documents to train on")
     bos = tokenizer.bos
     if bos > np.iinfo(np.int32).max:
         raise DataError("the vocabulary is too large for int32 token ids")
     table = _lookup_table(tokenizer.uchars)
+    if isinstance(docs, Documents):
+        return _pack_documents(tokenizer, docs, table)
     # pass 1: the code points and the documents' lengths (from the newlines of each
     # joined chunk)
     chunks, all_lens = [], []
@@ -430,6 +486,34 @@ def pack_corpus(tokenizer: Tokenizer, docs: Iterable[str]):
     return corpus, starts
 
 
+def _pack_documents(tokenizer: Tokenizer, docs: Documents, table):
+    """:func:`pack_corpus` of a :class:`Documents`: its text already is the
+    documents joined with newlines, so each chunk's ids are ``table`` of
+    its code points (a newline, after each document, is the closing BOS) and
+    go to the corpus after each document's opening BOS."""
+    import numpy as np
+
+    bos = tokenizer.bos
+    n = len(docs)
+    first = int(docs.starts[0])
+    # document d: its characters are at docs.starts[d] - first - d + 2 d + 1 of the corpus
+    starts = (docs.starts - first) + np.arange(n + 1, dtype=np.int64)
+    corpus = np.full(int(starts[-1]), bos, dtype=np.int32)
+    for lo, hi in docs.chunks():
+        ids = table[docs.joined_range(lo, hi)]
+        ends = docs.starts[lo + 1:hi + 1] - int(docs.starts[lo])   # after each document
+        ids[ends - 1] = bos
+        if ids.size and int(ids.min()) < 0:
+            bad = int(np.argmax(ids < 0))
+            tokenizer.encode(docs[lo + int(np.searchsorted(ends, bad, side="right"))])
+        seg_lo, seg_hi = int(starts[lo]), int(starts[hi])
+        mask = np.ones(seg_hi - seg_lo, dtype=bool)
+        mask[starts[lo:hi] - seg_lo] = False                  # the opening BOS of each
+        corpus[seg_lo:seg_hi][mask] = ids
+        del ids, mask, ends
+    return corpus, starts
+
+
 # --------------------------------------------------------------------------- vectorised helpers
 
 _MAX_CODE_POINT = 0x10FFFF
@@ -450,6 +534,21 @@ def _joined_chunks(docs: Sequence[str], sep: str) -> Iterator[tuple]:
         per_doc = max(1.0, len(text) / len(chunk))
         k = max(1, min(4 * k, int(_CHUNK_CHARS / per_doc)))
         lo = hi
+
+
+def _text_pieces(docs: Sequence[str], sep: str) -> Iterator[str]:
+    """Strings of at most about ``_CHUNK_CHARS`` characters whose
+    concatenation is ``sep.join(docs)`` (a long document is cut)."""
+    first = True
+    for _, text in _joined_chunks(docs, sep):
+        if not first and sep:
+            yield sep
+        first = False
+        if len(text) <= _CHUNK_CHARS:
+            yield text
+        else:
+            for lo in range(0, len(text), _CHUNK_CHARS):
+                yield text[lo:lo + _CHUNK_CHARS]
 
 
 def _code_points(text: str):
@@ -476,9 +575,11 @@ def _distinct_chars(docs: Iterable[str]) -> List[str]:
     """``sorted(set("".join(docs)))``, computed on code-point arrays a chunk at a time."""
     import numpy as np
 
+    if isinstance(docs, Documents):
+        return [chr(c) for c in docs.distinct_code_points().tolist()]
     docs = docs if isinstance(docs, (list, tuple)) else list(docs)
     seen = np.zeros(_MAX_CODE_POINT + 1, dtype=bool)
-    for _, text in _joined_chunks(docs, ""):
+    for text in _text_pieces(docs, ""):
         if text:
             seen[_code_points(text)] = True
     return [chr(c) for c in np.flatnonzero(seen).tolist()]
@@ -540,15 +641,16 @@ def encode_text(tokenizer: Tokenizer, text: str):
     """The token ids of ``text`` as an int32 array (no BOS)."""
     import numpy as np
 
-    table = {ord(ch): i for i, ch in enumerate(tokenizer.uchars)}
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    try:
-        ids = np.array([table[int(c)] for c in uniq], dtype=np.int32)
-    except KeyError:
-        tokenizer.encode(text)  # raises the detailed DataError
-        raise
-    return ids[inverse.reshape(-1)]
+    table = _lookup_table(tokenizer.uchars)
+    ids = np.empty(len(text), dtype=np.int32)
+    for lo in range(0, len(text), _CHUNK_CHARS):   # a lookup table, a chunk at a time
+        piece = text[lo:lo + _CHUNK_CHARS]
+        chunk = table[_code_points(piece)]
+        if chunk.size and int(chunk.min()) < 0:
+            tokenizer.encode(text)  # raises the detailed DataError
+        ids[lo:lo + len(piece)] = chunk
+        del piece, chunk
+    return ids
 
 
 def _splitmix64(x):

@@ -85,6 +85,18 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint, self.losses = step, checkpoint, losses
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived outside the training loop (while the data was loaded,
+    a checkpoint read, or samples drawn): the command lines raise it from
+    their SIGTERM handler and exit with status 143, as for Ctrl-C (130).
+    Inside the training loop SIGTERM stops at a step boundary instead
+    (:class:`TrainingInterrupted` with ``signum``)."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__("terminated (SIGTERM)")
+        self.signum = signum
+
+
 class OutputIsInputError(MicrogptError, ValueError):
     """An output file given on the command line is one of the input files."""
 

@@ -11,6 +11,7 @@ from . import data as data_mod
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, restore_into, save_checkpoint
 from .config import PathArg, TrainConfig
 from .errors import ConfigError
+from .resume import non_finite_tensor
 from .sampling import sample_names
 
 __all__ = ["GPT", "load", "make_model"]
@@ -26,6 +27,8 @@ class GPT(_core.GPT):
 
     tokenizer: Optional[data_mod.Tokenizer] = None
     train_state: Optional[TrainState] = None
+    checkpoint_path: Optional[Path] = None         # set by from_checkpoint / load
+    checkpoint_non_finite: Optional[str] = None    # a parameter that was NaN/inf in it
 
     def save(self, path: PathArg) -> Path:
         """Write a checkpoint (parameters, Adam moments, vocabulary and, if the
@@ -40,6 +43,11 @@ class GPT(_core.GPT):
         moments, tokenizer and training state."""
         model = cls(dtype=ckpt.dtype, **ckpt.config)
         restore_into(model, ckpt)
+        # where the parameters came from, and the first of them that holds a
+        # NaN/inf there: sampling then names the checkpoint, as the CLIs do
+        model.checkpoint_path = ckpt.path
+        bad = non_finite_tensor(ckpt, adam=False)
+        model.checkpoint_non_finite = bad[1] if bad is not None else None
         if ckpt.uchars is not None:
             model.tokenizer = data_mod.Tokenizer.from_dict({"uchars": ckpt.uchars})
         model.train_state = ckpt.train
@@ -61,7 +69,9 @@ class GPT(_core.GPT):
         model from :func:`train` or a checkpoint reproduces the names printed at
         the end of its training run), else ``random.Random(42)``.  ``top_k``
         keeps only the k most likely tokens; ``prefix`` starts every sample
-        with that text."""
+        with that text.  A model whose parameters hold NaN/inf (a checkpoint
+        of a run that diverged) raises CheckpointError naming the checkpoint
+        and the parameter."""
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer (vocabulary); set model.tokenizer "
                               "or load it from a checkpoint")

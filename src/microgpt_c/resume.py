@@ -13,8 +13,8 @@ from .errors import CheckpointError, CheckpointMismatchError
 from .validate import is_int, is_number
 
 __all__ = ["check_finite_parameters", "check_resume_compatible", "check_resume_data",
-           "check_resume_vocabulary", "config_from_checkpoint", "open_resume",
-           "sampling_defaults"]
+           "check_resume_vocabulary", "config_from_checkpoint", "non_finite_message",
+           "non_finite_tensor", "open_resume", "sampling_defaults"]
 
 
 def config_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
@@ -113,9 +113,9 @@ def check_resume_compatible(cfg: TrainConfig, ckpt: Checkpoint) -> None:
     _check_same(ckpt, run, {k: getattr(cfg, k) for k in RUN_FIELDS})
 
 
-def check_finite_parameters(ckpt: Checkpoint, adam: bool = True) -> None:
-    """Raise CheckpointError naming the file if a parameter (or, with
-    ``adam``, an Adam moment) of ``ckpt`` is NaN or infinite."""
+def non_finite_tensor(ckpt: Checkpoint, adam: bool = True) -> Optional[Tuple[str, str]]:
+    """``(kind, name)`` of the first parameter (or, with ``adam``, Adam
+    moment) of ``ckpt`` holding a NaN or infinite value, else None."""
     import numpy as np
 
     groups = [("parameter", ckpt.params)]
@@ -124,9 +124,22 @@ def check_finite_parameters(ckpt: Checkpoint, adam: bool = True) -> None:
     for kind, tensors in groups:
         for name, t in (tensors or {}).items():
             if not np.isfinite(t).all():
-                raise CheckpointError(
-                    f"{ckpt.path} holds non-finite values (NaN or inf) in the {kind} {name!r}: "
-                    "the run that saved it had diverged; use an earlier checkpoint")
+                return kind, name
+    return None
+
+
+def non_finite_message(path: Any, kind: str, name: str) -> str:
+    """The message for a checkpoint holding NaN/inf values (CLI and API)."""
+    return (f"{path} holds non-finite values (NaN or inf) in the {kind} {name!r}: the run "
+            "that saved it had diverged; use an earlier checkpoint")
+
+
+def check_finite_parameters(ckpt: Checkpoint, adam: bool = True) -> None:
+    """Raise CheckpointError naming the file if a parameter (or, with
+    ``adam``, an Adam moment) of ``ckpt`` is NaN or infinite."""
+    bad = non_finite_tensor(ckpt, adam)
+    if bad is not None:
+        raise CheckpointError(non_finite_message(ckpt.path, *bad))
 
 
 def open_resume(resume: Union[PathArg, Checkpoint], config: Optional[TrainConfig]

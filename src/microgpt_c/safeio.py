@@ -122,9 +122,14 @@ def read_regular_file(path: PathArg, *, what: str, error: Type[Exception],
         _check_stat(st, p, what, error, limit, env_var, suffix)
         parts = []
         total = 0
+        size = st.st_size
         while True:
+            # ask for what the file holds (+1 to see it end, or grow): os.read
+            # allocates the whole request before it reads (a 1 GiB request for
+            # a small file would fail under a memory limit)
+            want = size - total + 1 if total <= size else 2**20
             try:
-                chunk = os.read(fd, min(_READ_CHUNK, limit + 1 - total))
+                chunk = os.read(fd, max(1, min(_READ_CHUNK, limit + 1 - total, want)))
             except OSError as exc:
                 raise error(describe_oserror(exc, p, f"read the {what}")) from None
             if not chunk:
@@ -219,6 +224,10 @@ _ERRNO_TEXT = {
     errno.ENXIO: ("no such device or address (a FIFO with no reader?)", "give a regular file"),
     errno.ETXTBSY: ("the file is busy", "retry, or write elsewhere"),
 }
+
+
+#: the errno values :func:`describe_oserror` has a reason and advice for
+KNOWN_ERRNOS = frozenset(_ERRNO_TEXT)
 
 
 def describe_oserror(exc: OSError, path: Optional[PathArg] = None, action: str = "access") -> str:

@@ -9,7 +9,8 @@ and the random stream continues from the state saved in the checkpoint.
 
 Errors (a missing, corrupted or foreign checkpoint, a prefix with characters
 outside the vocabulary, ...) print one line ``error: ...`` on stderr and exit
-with status 2.
+with status 2.  Ctrl-C ends it with one line ``interrupted`` (status 130),
+SIGTERM with ``terminated (SIGTERM)`` (status 143).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from ._version import __version__
 from .checkpoint import Checkpoint, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
                   format_text_samples, interrupted, nonneg_int, one_line, positive_float,
-                  positive_int, thread_count, warnings_as_notices)
-from .errors import MicrogptError
+                  positive_int, sigterm_raises, terminated, thread_count,
+                  warnings_as_notices)
+from .errors import MicrogptError, Terminated
 from .model import GPT
 from .resume import check_finite_parameters, sampling_defaults
 from .sampling import default_text_prefix, generate, sample_names
@@ -125,15 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with warnings_as_notices(sys.stderr):
-            ckpt = load_checkpoint(args.checkpoint)
-        samples = sample_checkpoint(ckpt, num_samples=args.num_samples,
-                                    temperature=args.temperature, top_k=args.top_k,
-                                    prefix=args.prefix, seed=args.seed, threads=args.threads,
-                                    max_new_tokens=args.max_new_tokens)
-        text = checkpoint_data_mode(ckpt) == "text"
-        sys.stdout.write(format_text_samples(samples) if text else format_samples(samples))
-        sys.stdout.flush()
+        with sigterm_raises():
+            with warnings_as_notices(sys.stderr):
+                ckpt = load_checkpoint(args.checkpoint)
+            samples = sample_checkpoint(ckpt, num_samples=args.num_samples,
+                                        temperature=args.temperature, top_k=args.top_k,
+                                        prefix=args.prefix, seed=args.seed,
+                                        threads=args.threads,
+                                        max_new_tokens=args.max_new_tokens)
+            text = checkpoint_data_mode(ckpt) == "text"
+            sys.stdout.write(format_text_samples(samples) if text else format_samples(samples))
+            sys.stdout.flush()
+    except Terminated:   # SIGTERM: one line and 143, as Ctrl-C is one line and 130
+        return terminated()
     except KeyboardInterrupt:
         return interrupted()
     except BrokenPipeError:

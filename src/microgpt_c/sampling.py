@@ -12,13 +12,42 @@ from .config import check_temperature
 from .errors import MicrogptError, SequenceLengthError, VocabularyError
 from .validate import optional_positive_int, positive_float, positive_int
 
-__all__ = ["check_prefix", "default_text_prefix", "generate", "sample_names", "softmax_for"]
+__all__ = ["check_finite_model", "check_prefix", "default_text_prefix", "generate", "sample_names",
+           "softmax_for"]
+
+C_SAMPLE_CHUNK = 4096  # names per call of the C sampler at the most
 
 
 def softmax_for(model) -> Callable[..., Any]:
     if getattr(model, "backend", "c") == "reference":
         return model.softmax_temperature
     return _core.softmax_temperature
+
+
+def check_finite_model(model) -> None:
+    """Refuse to sample from a (C backend) model whose parameters hold a NaN
+    or an infinity: CheckpointError naming the checkpoint and the parameter
+    if it came from one that held them (``GPT.load``; the CLIs' message),
+    else NonFiniteLossError naming the parameter (instead of the softmax's
+    "loss or gradient is not finite" at the first draw)."""
+    import numpy as np
+
+    flat = getattr(model, "flat_params", None)
+    if not isinstance(flat, np.ndarray) or np.isfinite(flat).all():
+        return
+    from .checkpoint import model_layout
+    from .errors import CheckpointError, NonFiniteLossError
+    from .resume import non_finite_message
+
+    in_checkpoint = getattr(model, "checkpoint_non_finite", None)
+    if in_checkpoint is not None:
+        raise CheckpointError(non_finite_message(model.checkpoint_path, "parameter",
+                                                 in_checkpoint))
+    name = next((n for n, (off, shape) in model_layout(model).items()
+                 if not np.isfinite(flat[off:off + shape[0] * shape[1]]).all()), "?")
+    raise NonFiniteLossError(f"the model's parameter {name!r} holds non-finite values (NaN or "
+                             "inf), so it cannot be sampled from; load or train finite "
+                             "parameters")
 
 
 def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_samples: int,
@@ -33,6 +62,7 @@ def sample_names(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_s
     check_temperature(temperature)
     optional_positive_int(top_k, "top-k")
     ids = check_prefix(prefix, tokenizer, model.block_size)
+    check_finite_model(model)
     use_top_k = top_k is not None and top_k < tokenizer.vocab_size
     fast = _sample_in_c(model, tokenizer, rng, num_samples, float(temperature),
                         top_k if use_top_k else 0, prefix, ids)
@@ -82,15 +112,22 @@ def _sample_in_c(model, tokenizer, rng, num_samples, temperature, top_k, prefix,
             or getattr(model, "backend", "c") == "reference":
         return None
     state = rng.getstate()
+    chars = tokenizer.uchars
+    samples: List[str] = []
+    after = state
     try:
-        drawn, after = model.sample_tokens(state, temperature, top_k, ids, tokenizer.bos,
-                                           num_samples)
+        # in calls of at most C_SAMPLE_CHUNK names, each continuing the stream
+        # where the last one left it (the same names as one call): a signal
+        # (Ctrl-C, SIGTERM) is handled between two calls, not after all of them
+        for lo in range(0, num_samples, C_SAMPLE_CHUNK):
+            drawn, after = model.sample_tokens(after, temperature, top_k, ids, tokenizer.bos,
+                                               min(C_SAMPLE_CHUNK, num_samples - lo))
+            samples.extend(prefix + "".join(chars[t] for t in d) for d in drawn)
     except (MicrogptError, ValueError, TypeError, OverflowError):
         rng.setstate(state)
         return None
     rng.setstate(after)
-    chars = tokenizer.uchars
-    return [prefix + "".join(chars[t] for t in d) for d in drawn]
+    return samples
 
 
 def check_prefix(prefix: str, tokenizer: data_mod.Tokenizer, block_size: int) -> List[int]:
@@ -146,6 +183,7 @@ def generate(model, tokenizer: data_mod.Tokenizer, rng: random.Random, num_sampl
     ids = check_prefix(prefix, tokenizer, T if not text_mode else max(T, len(prefix)))
     if text_mode and not ids:
         raise VocabularyError("a text-mode sample needs a prefix of at least one character")
+    check_finite_model(model)
     softmax = softmax_for(model)
     population = range(tokenizer.vocab_size)
     bos = tokenizer.bos

@@ -9,7 +9,9 @@ Also: checkpoints (``--out``, ``--save-every``, ``--resume``, exact resume),
 ``--sample-only``, progress display (``--progress``, ``--quiet``), loss plots
 (``--plot``).  Errors print one line ``error: ...`` on stderr and exit with
 status 2; Ctrl-C saves a checkpoint (with ``--out``) and exits with 130, SIGTERM
-likewise with 143.
+likewise with 143 (outside the training loop, while the data is loaded or
+samples are drawn, both end the program with one line and write nothing
+half-way).
 
 This module is also callable: ``microgpt_c.train(config, data, ...)`` is
 :func:`microgpt_c.api.train`, even after ``import microgpt_c.train``.
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import types
@@ -30,16 +33,18 @@ from ._version import __version__
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .cli import (EXPECTED_ERRORS, ArgumentParser, broken_pipe, error, format_samples,
                   format_text_samples, interrupted, nonneg_int, one_line, positive_float,
-                  positive_int, thread_count, warnings_as_notices)
+                  positive_int, sigterm_raises, terminated, thread_count,
+                  warnings_as_notices)
 from .config import BACKENDS, DATA_MODES, LR_SCHEDULES, RUN_FIELDS, TrainConfig
-from .errors import ConfigError, MicrogptError, NonFiniteLossError, TrainingInterrupted
+from .errors import (ConfigError, MicrogptError, NonFiniteLossError, Terminated,
+                     TrainingInterrupted)
 from .model import GPT, make_model
 from .plotting import check_plot_target, save_loss_plot
 from .resume import config_from_checkpoint
 from .safeio import check_outputs_vs_inputs, describe_oserror, read_regular_file
 from .sample import checkpoint_data_mode, sample_checkpoint
 from .sampling import sample_names, softmax_for
-from .training import BEST_NAME, TrainResult, data_source_of, train
+from .training import BEST_NAME, TrainResult, data_file_of_run, train
 
 __all__ = ["BACKENDS", "RUN_FIELDS", "GPT", "TrainConfig", "TrainResult", "build_parser", "main",
            "make_model", "sample_names", "softmax_for", "train"]
@@ -424,8 +429,8 @@ class _Messages:
 class _MetricsFile:
     """The --metrics-out file, opened at its first write (after the inputs
     have been read and checked), for appending with ``append`` (a resumed
-    run); an I/O error at write, flush or close is an OutputWriteError
-    naming the file."""
+    run); an I/O error at write, flush, fsync or close is an
+    OutputWriteError naming the file."""
 
     def __init__(self, path: str, append: bool = False):
         self.path = path
@@ -451,10 +456,18 @@ class _MetricsFile:
                 raise self._fail(exc) from None
 
     def close(self) -> None:
+        """Flush, fsync (a regular file: the lines are on the disk when the
+        run reports success) and close; an error at any of them is an
+        OutputWriteError naming the file."""
         f, self.file = self.file, None
         if f is not None:
             try:
-                f.close()
+                try:
+                    f.flush()
+                    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # not /dev/stdout, a pipe
+                        os.fsync(f.fileno())
+                finally:
+                    f.close()
             except OSError as exc:
                 raise self._fail(exc) from None
 
@@ -492,13 +505,9 @@ def _check_paths(opts: Dict[str, Any], cfg: TrainConfig, ckpt) -> None:
     (--data or the data file the run will read, --resume's checkpoint,
     --config) or another output, before anything is opened for writing;
     check that the metrics file's directory exists."""
-    data = cfg.data
-    if data is None:
-        source = data_source_of(ckpt)
-        if source is not None and not source.startswith("builtin:"):
-            data = source
-        elif ckpt is None and os.path.exists("input.txt"):
-            data = "input.txt"
+    # the file the run reads: --data, else the checkpoint's data file, else
+    # input.txt (also when resuming a checkpoint that names no data source)
+    data = data_file_of_run(None, cfg, ckpt)
     inputs = {"--data": data, "--config": opts.get("config"),
               "--resume": ckpt.path if ckpt is not None else None}
     out_dir = os.fspath(opts["out"]) if "out" in opts else None
@@ -736,7 +745,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     messages = _Messages(bool(opts.get("quiet", False)), sys.stdout, sys.stderr)
     outputs = _Outputs()
     try:
-        with warnings_as_notices(messages.err):
+        with warnings_as_notices(messages.err), sigterm_raises():
             return _run(opts, given, messages, outputs, root)
     except TrainingInterrupted as exc:
         outputs.close_progress(interrupted=True)
@@ -745,10 +754,13 @@ def _main(argv: Optional[List[str]] = None) -> int:
                  else " (no --out given: nothing saved)")
         ema = outputs.progress.ema if outputs.progress is not None else None
         loss = f"; smoothed loss {ema:.4f}" if ema is not None else ""
-        terminated = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
-        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'} after step "
+        by_sigterm = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
+        print(f"{'terminated (SIGTERM)' if by_sigterm else 'interrupted'} after step "
               f"{exc.step}{where}{loss}", file=messages.err)
-        return 143 if terminated else 130
+        return 143 if by_sigterm else 130
+    except Terminated:   # SIGTERM outside the step loop (loading, sampling): as Ctrl-C
+        outputs.close_progress(interrupted=True)
+        return terminated()
     except KeyboardInterrupt:
         outputs.close_progress(interrupted=True)
         return interrupted()

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from . import data as data_mod
@@ -25,9 +25,10 @@ from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, TrainState, prepare_out_dir,
                          restore_into, save_checkpoint)
 from .config import PathArg, TrainConfig
-from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from .errors import ConfigError, NonFiniteLossError, Terminated, TrainingInterrupted
 from .model import make_model
 from .resume import check_resume_data, check_resume_vocabulary, open_resume
+from .safeio import check_outputs_vs_inputs
 from .sampling import check_prefix, default_text_prefix, generate, sample_names
 from .validate import positive_int
 
@@ -53,7 +54,8 @@ class TrainResult:
     """What :func:`train` returns."""
     model: Any                          # a GPT (or the reference backend's model)
     tokenizer: data_mod.Tokenizer
-    docs: List[str]                     # the documents, shuffled as trained on
+    docs: Sequence[str]                 # the documents, shuffled as trained on (a list,
+                                        # or data.Documents for a data file)
     losses: List[float]                 # per-step losses from step 1 (incl. resumed history)
     samples: List[str]                  # names sampled after training
     seconds: float                      # wall time of this call's training steps
@@ -67,8 +69,10 @@ class TrainResult:
 class _DeferredInterrupt:
     """Within the block, a first SIGINT or SIGTERM only sets ``requested``
     (checked at step boundaries; ``signum`` says which); a second one raises
-    KeyboardInterrupt at once.  Only active in the main thread, for SIGINT if
-    it has Python's default handler and for SIGTERM if it has the system's."""
+    KeyboardInterrupt (:class:`~microgpt_c.errors.Terminated` for SIGTERM) at
+    once.  Only active in the main thread, for SIGINT if it has Python's
+    default handler and for SIGTERM if it has the system's or the command
+    lines' (``cli.sigterm_raises``, which raises outside the loop)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -77,7 +81,7 @@ class _DeferredInterrupt:
 
     def _handler(self, signum, frame):  # pragma: no cover - exercised via subprocess
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
         self.signum = signum
 
@@ -85,7 +89,8 @@ class _DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
                 self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            term = signal.getsignal(signal.SIGTERM)
+            if term == signal.SIG_DFL or getattr(term, "deferrable", False):
                 self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
         return self
 
@@ -134,7 +139,24 @@ def data_source_of(ckpt: Optional[Checkpoint]) -> Optional[str]:
     return None
 
 
-def _load_source(source: str, text_mode: bool) -> Tuple[List[str], str]:
+def data_file_of_run(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint]) -> Optional[str]:
+    """The data file a run of :func:`train` reads, for checking outputs
+    against it: ``data`` if it is a path, else ``cfg.data``, else the
+    checkpoint's data source if it is a file, else ``input.txt`` in the
+    current directory if it exists and the checkpoint names no source (as
+    :func:`data_mod.load_documents` does); None for a built-in set and for
+    documents given as a list."""
+    if data is not None:
+        return os.fspath(data) if isinstance(data, (str, os.PathLike)) else None
+    if cfg.data is not None:
+        return os.fspath(cfg.data)
+    source = data_source_of(ckpt)
+    if source is not None:
+        return None if source.startswith("builtin:") else source
+    return "input.txt" if os.path.exists("input.txt") else None
+
+
+def _load_source(source: str, text_mode: bool) -> Tuple[Any, str]:
     """The documents of a data source as :func:`data_source_of` names it (text
     mode: one document, the whole text; a built-in set as one name a line)."""
     if source in (BUILTIN_CENSUS, BUILTIN_MAKEMORE):
@@ -154,7 +176,7 @@ def _load_source(source: str, text_mode: bool) -> Tuple[List[str], str]:
     if text_mode:
         text = data_mod.read_text(source)
         return [text], f"{source} ({len(text)} characters, text mode)"
-    docs = data_mod.read_documents(source)
+    docs = data_mod.read_documents_compact(source)
     return docs, f"{source} ({len(docs)} documents)"
 
 
@@ -177,19 +199,23 @@ def _source_of(path: Optional[PathArg], description: str) -> str:
 
 
 def _documents(data: Any, cfg: TrainConfig, info: Callable[[str], None],
-               ckpt: Optional[Checkpoint] = None) -> Tuple[List[str], str]:
-    """Lines mode's documents and their source (see :func:`data_source_of`;
-    "" for documents given as a list)."""
+               ckpt: Optional[Checkpoint] = None) -> Tuple[Any, str]:
+    """Lines mode's documents (a list of str, or a :class:`data_mod.Documents`
+    for a data file) and their source (see :func:`data_source_of`; "" for
+    documents given as a list)."""
     source = _from_checkpoint(data, cfg, ckpt)
     if source is not None:
         docs, description = _load_source(source, text_mode=False)
         info(f"notice: data from the checkpoint: {description}")
-        return list(docs), source
+        return docs, source
     if data is None or isinstance(data, (str, os.PathLike)):
         path = cfg.data if data is None else data
-        docs, description = data_mod.load_documents(path)
+        # a file's documents as one array (data_mod.Documents), not a list of str
+        docs, description = data_mod.load_documents(path, compact=True)
         info(description)
-        return list(docs), _source_of(path, description)
+        if not isinstance(docs, data_mod.Documents):
+            docs = list(docs)   # (the built-in set) a list of our own, shuffled in place
+        return docs, _source_of(path, description)
     if isinstance(data, (bytes, bytearray)):
         raise TypeError("data must be a path or a list of str documents, not bytes")
     docs = list(data)
@@ -237,7 +263,8 @@ def _prepare_data(data: Any, cfg: TrainConfig, ckpt: Optional[Checkpoint],
         _core.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
     if not text_mode:   # text mode: one stream, nothing to shuffle
-        rng.shuffle(documents)
+        # rng.shuffle(documents), vectorised for long lists and Documents
+        documents = data_mod.shuffle_documents(documents, rng)
         _say_if_cut(documents, cfg.block_size, info)
     tokenizer = data_mod.Tokenizer(documents)
     if cfg.prefix:  # fail before training
@@ -271,7 +298,10 @@ def _text(data: Any, cfg: TrainConfig, info: Callable[[str], None],
 
 def _say_if_cut(documents: List[str], block_size: int, info: Callable[[str], None]) -> None:
     """Lines mode: one line when documents do not fit in the block."""
-    cut = sum(1 for d in documents if len(d) > block_size - 1)
+    if isinstance(documents, data_mod.Documents):
+        cut = int((documents.lengths() > block_size - 1).sum())
+    else:
+        cut = sum(1 for d in documents if len(d) > block_size - 1)
     if cut:
         info(f"{cut} of {len(documents)} documents are longer than block_size - 1 = "
              f"{block_size - 1} characters and are cut to their first block_size = "
@@ -283,10 +313,8 @@ class _RunData:
     of steps (lines: the training documents, fixed; text: the windows of
     those steps) and the validation sequences."""
 
-    def __init__(self, cfg: TrainConfig, documents: List[str], tokenizer: data_mod.Tokenizer,
-                 info: Callable[[str], None]):
-        import numpy as np
-
+    def __init__(self, cfg: TrainConfig, documents: Sequence[str],
+                 tokenizer: data_mod.Tokenizer, info: Callable[[str], None]):
         self.cfg = cfg
         self.text_mode = cfg.data_mode == "text"
         frac = float(cfg.val_fraction)
@@ -302,7 +330,7 @@ class _RunData:
                 raise ConfigError(f"the training text has {len(self.train_ids)} characters; "
                                   f"text mode needs at least block_size + 1 = {T + 1}")
             val = data_mod.text_eval_windows(ids[len(ids) - n_val:], T) if n_val else []
-            self.train_docs: List[str] = []
+            self.train_docs: Sequence[str] = []
             self.max_chunk = max(1, MAX_WINDOW_TOKENS // (cfg.batch_size * (T + 1)))
             if n_val:
                 info(f"validation: the last {n_val} of {len(ids)} characters "
@@ -317,7 +345,11 @@ class _RunData:
             self.train_docs = documents[:len(documents) - n_val]
             val_docs = documents[len(documents) - n_val:]
             self.corpus, self.starts = data_mod.pack_corpus(tokenizer, self.train_docs)
-            val = [np.asarray(tokenizer.doc_tokens(d), dtype=np.int32) for d in val_docs]
+            val = []
+            if n_val:   # [BOS] + ids + [BOS] of each, views of one packed array
+                packed, bounds = data_mod.pack_corpus(tokenizer, val_docs)
+                b = bounds.tolist()
+                val = [packed[b[i]:b[i + 1]] for i in range(n_val)]
             self.max_chunk = MAX_CHUNK
             if n_val:
                 info(f"validation: {n_val} of {len(documents)} documents held out")
@@ -568,6 +600,9 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
       ``config`` must agree on every setting of :data:`RUN_FIELDS`.
     * ``out``: a directory; ``out/checkpoint.safetensors`` is written
       (atomically) at the end, every ``save_every`` steps, and on Ctrl-C.
+      It (and ``best.safetensors``) must not be the data file the run reads
+      (:class:`~microgpt_c.errors.OutputIsInputError`, before the data is
+      read or anything written); it may be the ``resume`` checkpoint.
     * ``stop_after``: stop after this many completed steps (the learning-rate
       schedule still spans ``config.steps``), e.g. to resume later.
     * ``on_steps(first_step, losses, lrs)`` receives each chunk of completed
@@ -593,6 +628,12 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
     # mpiexec with more than one process, or given a communicator of size > 1
     dp = distributed.session(comm)
     stop = _check_run_options(cfg, dp, out, ckpt, save_every, stop_after)
+    if out is not None:  # before the data is read or anything written
+        out_path = Path(os.fspath(out))
+        check_outputs_vs_inputs(
+            {"out": out_path / CHECKPOINT_NAME,
+             "out (keep_best)": out_path / BEST_NAME if cfg.keep_best else None},
+            {"data": data_file_of_run(data, cfg, ckpt)})
     if dp is not None and dp.rank != 0:  # only rank 0 reports progress and writes checkpoints
         on_steps, on_eval, log, info = None, None, _quiet, _quiet
     documents, data_sha, tokenizer, rng, source = _prepare_data(data, cfg, ckpt, info)
@@ -621,8 +662,11 @@ def train(config: Optional[TrainConfig] = None, data: Any = None,
         samples = _sample(model, tokenizer, rng, cfg)
     in_data = None
     if cfg.data_mode == "lines" and samples:
-        known = set(run_data.train_docs)
-        in_data = sum(1 for x in samples if x in known)
+        if isinstance(run_data.train_docs, data_mod.Documents):
+            in_data = sum(run_data.train_docs.contains(samples))
+        else:
+            known = set(run_data.train_docs)
+            in_data = sum(1 for x in samples if x in known)
     best = evaluate.best_saved
     if best is None and best_file is not None and best_file.exists():
         best = best_file
