@@ -306,9 +306,16 @@ def test_calls_during_training_are_refused():
         worker.start()
         try:
             while pending and _wait_until_busy(m, worker):
-                with pytest.raises(ModelBusyError):
+                try:
                     calls[pending[0]]()
-                pending.pop(0)
+                except ModelBusyError:
+                    pending.pop(0)
+                    continue
+                # not refused: the worker's call may have returned between the
+                # busy probe and this call (a loaded machine); try again with a
+                # fresh worker (a method that never checks stays pending, and
+                # the assert below fails)
+                break
         finally:
             worker.get()
         if not pending:
