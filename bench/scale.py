@@ -248,14 +248,9 @@ def sweep(sizes: List[ScaleSize], threads: int, rounds: int, min_time: float,
 
 
 def peak_rss_kib() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """benchlib.peak_rss_kib (imported here, late: benchlib imports microgpt_c)."""
+    from benchlib import peak_rss_kib as peak
+    return peak()
 
 
 def rss_worker(impl: str, key: str, steps: int = 2) -> dict:
