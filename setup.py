@@ -26,7 +26,9 @@ from setuptools.command.build_ext import build_ext
 C_SOURCES = sorted(glob.glob(os.path.join("csrc", "*.c")))
 # per-source flags added to the common ones: float32 (the relaxed policy,
 # csrc/exact_math.h) contracts a * b + c into fused multiply-adds
-SOURCE_CFLAGS = {"dtype_f32.c": ["-ffp-contract=fast"]}
+# (dtype_f32_v3.c and dtype_f32_v4.c are its copies for other ISAs, csrc/isa.h)
+SOURCE_CFLAGS = {name: ["-ffp-contract=fast"]
+                 for name in ("dtype_f32.c", "dtype_f32_v3.c", "dtype_f32_v4.c")}
 BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno",
                # keep pow(x, -1) a libm call, as in the reference (GCC would fold it to 1/x)
                "-fno-builtin-pow", "-fno-builtin-powf", "-Wall"]
@@ -94,10 +96,10 @@ def compiler_description(compiler, cflags):
             macros = {line.split()[1] for line in out.stdout.splitlines()
                       if line.startswith("#define ") and len(line.split()) > 1}
             simd = [name for macro, name in SIMD_MACROS if macro in macros]
-            # csrc/common.h compiles the hot kernels for several x86-64 levels
-            # (GCC target_clones, picked at load time) under exactly this condition
+            # csrc/isa.h compiles the kernels once per x86-64 level (one copy
+            # picked per process, csrc/dispatch.c) under exactly this condition
             if ({"__GNUC__", "__x86_64__", "__linux__"} <= macros
-                    and "__clang__" not in macros and "MG_NO_CLONES" not in macros):
+                    and "__clang__" not in macros and "MG_NO_MULTI_ISA" not in macros):
                 clones = ["x86-64-v4", "x86-64-v3", "default"]
         except Exception:
             pass

@@ -26,12 +26,17 @@
 #define MG_PRAGMA(x) _Pragma(MG_STR(x))
 #define MG_INLINE static inline __attribute__((always_inline))
 
-/* Hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked
- * at load time (GCC function multiversioning); elsewhere (Clang, other
- * CPUs), plain code for the compiler's target.  Each clone computes the same
- * IEEE operations in the same order (see simd.h for what may differ). */
+#include "isa.h"
+
+/* Where one copy of the kernels serves every x86-64 CPU (a single-copy GCC
+ * build on x86-64 Linux with MG_NO_MULTI_ISA), hot kernels are cloned for
+ * AVX-512, AVX2 and baseline x86-64 and picked at load time (GCC function
+ * multiversioning; the vector width is the baseline's).  A multi-ISA build
+ * (isa.h) compiles whole copies instead; elsewhere, plain code for the
+ * compiler's target.  Each form computes the same IEEE operations in the
+ * same order (see simd.h for what may differ). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(MG_NO_CLONES)
+    !MG_MULTI_ISA && !defined(MG_NO_CLONES)
 #define MG_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define MG_HAVE_CLONES 1
 #else

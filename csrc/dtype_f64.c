@@ -2,7 +2,17 @@
  * compiled with -ffp-contract=off: no fused multiply-add). */
 #define REAL double
 #define IREAL int64_t
-#define FN(name) name##_f64
+#include "isa.h"
+/* the copy's suffix (isa.h): _v1 for the baseline copy of a multi-ISA build,
+ * _v3 / _v4 from dtype_f64_v3.c / _v4.c; none in a single-copy build */
+#ifndef MG_ISA_SUF
+#if MG_MULTI_ISA
+#define MG_ISA_SUF _v1
+#else
+#define MG_ISA_SUF
+#endif
+#endif
+#define FN(name) MG_PASTE(name##_f64, MG_ISA_SUF)
 #define POW pow
 #define EXP exp
 #define LOG log
@@ -12,5 +22,5 @@
 
 /* The libm-exact reciprocal and inverse square root of the float64 kernels
  * (exact_math.h), for the C tests. */
-double mg_recip_pow_f64(double x) { return recip_pow_f64(x); }
-double mg_rsqrt_pow_f64(double x) { return rsqrt_pow_f64(x); }
+double FN(mg_recip_pow)(double x) { return FN(recip_pow)(x); }
+double FN(mg_rsqrt_pow)(double x) { return FN(rsqrt_pow)(x); }

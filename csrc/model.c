@@ -225,7 +225,7 @@ int mg_model_create(mg_model **out, const mg_config *cfg, int dtype, size_t max_
     if (M == NULL) return MG_ERR_NOMEM;
     M->cfg = *cfg;
     M->dtype = (mg_dtype)dtype;
-    M->ops = dtype == MG_FLOAT64 ? &mg_ops_f64 : &mg_ops_f32;
+    M->ops = mg_dtype_ops_for(dtype == MG_FLOAT64);
     M->elem_size = dtype_size(dtype);
     param_layout(cfg, &M->num_params, M);
     M->params = calloc(M->num_params, M->elem_size);

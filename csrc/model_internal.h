@@ -80,7 +80,9 @@ typedef struct mg_dtype_ops {
     void (*infer_prepare)(mg_model *M);
 } mg_dtype_ops;
 
-extern const mg_dtype_ops mg_ops_f64, mg_ops_f32;
+extern const mg_dtype_ops mg_ops_f64, mg_ops_f32;   /* (single-copy builds) */
+/* the table of float64 (f64 != 0) or float32 that this process runs (dispatch.c) */
+const mg_dtype_ops *mg_dtype_ops_for(int f64);
 
 struct mg_model {
     mg_config cfg;

@@ -2,10 +2,12 @@
  * simd.h: the one vector vocabulary of the kernels (a template over REAL:
  * included once per dtype translation unit, after REAL, IREAL and FN).
  *
- * One "register" is 64 bytes of REALs (MG_LANES: 8 doubles or 16 floats),
- * written with the GCC/Clang vector extension; the compiler maps it to one
- * AVX-512 register, two AVX2 registers, four SSE or NEON registers, or
- * scalars.  Everything here is either IEEE arithmetic lane by lane or pure
+ * One "register" is MG_VBYTES bytes of REALs (vbytes.h: the target's own
+ * register, 64 bytes with AVX-512, 32 with AVX2, 16 with SSE2 or NEON;
+ * MG_LANES = MG_VBYTES / sizeof(REAL) lanes), written with the GCC/Clang
+ * vector extension.  (A vector wider than the target's registers is split
+ * by the compiler, and GCC then keeps it in memory: 25x slower, measured on
+ * Zen 3 with 64-byte vectors in the AVX2 clones.)  Everything here is either IEEE arithmetic lane by lane or pure
  * data movement (loads, stores, selects, permutations), so every form below
  * (GCC's __builtin_shuffle, the lane loops used elsewhere) gives the same
  * bits.
@@ -20,11 +22,12 @@
  *                      FN(group_sum_tree) (a butterfly), FN(group_bcast)
  */
 
-#define MG_LANES ((int)(64 / sizeof(REAL)))   /* 8 doubles or 16 floats */
-typedef REAL FN(vec_t) __attribute__((vector_size(64)));
-typedef REAL FN(uvec_t) __attribute__((vector_size(64), aligned(sizeof(REAL))));
-typedef REAL FN(hvec_t) __attribute__((vector_size(32), aligned(sizeof(REAL))));
-typedef IREAL FN(ivec_t) __attribute__((vector_size(64)));
+#include "vbytes.h"
+#define MG_LANES ((int)(MG_VBYTES / sizeof(REAL)))
+typedef REAL FN(vec_t) __attribute__((vector_size(MG_VBYTES)));
+typedef REAL FN(uvec_t) __attribute__((vector_size(MG_VBYTES), aligned(sizeof(REAL))));
+typedef REAL FN(hvec_t) __attribute__((vector_size(MG_VBYTES / 2), aligned(sizeof(REAL))));
+typedef IREAL FN(ivec_t) __attribute__((vector_size(MG_VBYTES)));
 #define VEC FN(vec_t)
 #define IVEC FN(ivec_t)
 #define UVEC FN(uvec_t)
@@ -140,8 +143,8 @@ MG_INLINE void FN(transpose_stage)(VEC *r, const int b) {
 
 /* r[0 .. NB) transposed in registers (lane k of row j <-> lane j of row k) */
 MG_INLINE void FN(vtranspose)(VEC *r) {
-    if (MG_LANES == 16) FN(transpose_stage)(r, 8);
-    FN(transpose_stage)(r, 4);
-    FN(transpose_stage)(r, 2);
-    FN(transpose_stage)(r, 1);
+    if (MG_LANES >= 16) FN(transpose_stage)(r, 8);
+    if (MG_LANES >= 8) FN(transpose_stage)(r, 4);
+    if (MG_LANES >= 4) FN(transpose_stage)(r, 2);
+    if (MG_LANES >= 2) FN(transpose_stage)(r, 1);
 }

@@ -63,10 +63,14 @@ int mg_adam_quiet_path(void) {
 #endif
 }
 
-/* The clone GCC's resolver picks for MG_HOT functions (the same CPU test),
- * else the compiler's target. */
+/* The copy of the kernels this process runs (dispatch.c), the clone GCC's
+ * resolver picks for MG_HOT functions (the same CPU test), else the
+ * compiler's target. */
 const char *mg_simd_variant(void) {
-#if MG_HAVE_CLONES
+#if MG_MULTI_ISA
+    const int l = mg_isa_level();
+    return l >= 4 ? "x86-64-v4" : l >= 3 ? "x86-64-v3" : "x86-64";
+#elif MG_HAVE_CLONES
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
     if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";

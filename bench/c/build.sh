@@ -15,9 +15,12 @@ peak|peak_probe)
 esac
 # (the package's flags, per source as setup.py: float32 contracts into FMAs)
 FLAGS="-std=c11 -O3 -ffp-contract=off -fno-math-errno -fno-builtin-pow -fno-builtin-powf -fopenmp -g -Icsrc"
+# (dtype_f32.c and its per-ISA copies dtype_f32_v3.c / _v4.c, csrc/isa.h)
+for f in csrc/dtype_f32*.c; do
+    # shellcheck disable=SC2086
+    ${CC:-gcc} $FLAGS -ffp-contract=fast -c "$f" -o "bench/c/$PROG.$(basename "$f" .c).o"
+done
 # shellcheck disable=SC2086
-${CC:-gcc} $FLAGS -ffp-contract=fast -c csrc/dtype_f32.c -o "bench/c/$PROG.dtype_f32.o"
-# shellcheck disable=SC2086
-${CC:-gcc} $FLAGS $(ls csrc/*.c | grep -v dtype_f32.c) "bench/c/$PROG.dtype_f32.o" "bench/c/$PROG.c" \
+${CC:-gcc} $FLAGS $(ls csrc/*.c | grep -v dtype_f32) bench/c/"$PROG".dtype_f32*.o "bench/c/$PROG.c" \
     -o "bench/c/$PROG" -lm
-rm -f "bench/c/$PROG.dtype_f32.o"
+rm -f bench/c/"$PROG".dtype_f32*.o

@@ -33,9 +33,11 @@ static volatile double one_d = 1.0, tiny_d = 1e-300;
  * Mul/add: 12 chains m = m*one and 12 chains a = a + tiny (one multiply and one
  * add per pair of chains; 16 chains in all leave Zen 5's mul and add pipes idle
  * part of the time, 32 spill). */
-#define CHAINS 16
-#define MCHAINS 24
-#define PEAK_KERNELS(V, T, W, SET1, FMA, MUL, ADD, RED, ATTR, SFX, ONE, TINY)                 \
+/* independent chains: enough to cover latency x pipes, few enough to stay in
+ * the register file with the two constants (AVX-512: 32 registers, 16 and 24
+ * chains; AVX2: 16 registers, 12 and 12: with 16 and 24 GCC spills chains to
+ * the stack and the probe measures half of Zen 3's peak) */
+#define PEAK_KERNELS(V, T, W, SET1, FMA, MUL, ADD, RED, ATTR, SFX, ONE, TINY, CHAINS, MCHAINS) \
     ATTR static double fma_##SFX(long n) {                                                    \
         V c[CHAINS], m = SET1((T)ONE), t = SET1((T)TINY);                                     \
         for (int i = 0; i < CHAINS; i++) c[i] = SET1((T)(1 + i));                             \
@@ -67,18 +69,18 @@ A512 static inline double red512s(__m512 v) { float x[16]; _mm512_storeu_ps(x, v
 A512 static inline double red512d(__m512d v) { double x[8]; _mm512_storeu_pd(x, v); return x[0]; }
 A256 static inline double red256s(__m256 v) { float x[8]; _mm256_storeu_ps(x, v); return x[0]; }
 A256 static inline double red256d(__m256d v) { double x[4]; _mm256_storeu_pd(x, v); return x[0]; }
-PEAK_KERNELS(__m512, float, 16, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, red512s, A512, s512, one_f, tiny_f)
-PEAK_KERNELS(__m512d, double, 8, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_add_pd, red512d, A512, d512, one_d, tiny_d)
-PEAK_KERNELS(__m256, float, 8, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, red256s, A256, s256, one_f, tiny_f)
-PEAK_KERNELS(__m256d, double, 4, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_mul_pd, _mm256_add_pd, red256d, A256, d256, one_d, tiny_d)
+PEAK_KERNELS(__m512, float, 16, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, red512s, A512, s512, one_f, tiny_f, 16, 24)
+PEAK_KERNELS(__m512d, double, 8, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_add_pd, red512d, A512, d512, one_d, tiny_d, 16, 24)
+PEAK_KERNELS(__m256, float, 8, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, red256s, A256, s256, one_f, tiny_f, 12, 12)
+PEAK_KERNELS(__m256d, double, 4, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_mul_pd, _mm256_add_pd, red256d, A256, d256, one_d, tiny_d, 12, 12)
 #endif
 /* portable: scalars (fma = a multiply and an add; the compiler may not fuse) */
 #define SID(x) (x)
 #define SFMA(a, b, c) ((a) * (b) + (c))
 #define SMUL(a, b) ((a) * (b))
 #define SADD(a, b) ((a) + (b))
-PEAK_KERNELS(float, float, 1, SID, SFMA, SMUL, SADD, SID, , s1, one_f, tiny_f)
-PEAK_KERNELS(double, double, 1, SID, SFMA, SMUL, SADD, SID, , d1, one_d, tiny_d)
+PEAK_KERNELS(float, float, 1, SID, SFMA, SMUL, SADD, SID, , s1, one_f, tiny_f, 16, 24)
+PEAK_KERNELS(double, double, 1, SID, SFMA, SMUL, SADD, SID, , d1, one_d, tiny_d, 16, 24)
 
 /* GFLOP/s of kernel f: best of 9 runs of about 20 ms each */
 static double best(double (*f)(long)) {

@@ -663,8 +663,11 @@ MG_HOT static void FN(attention_forward_lanes)(REAL *out, REAL *att, const REAL 
     }
 }
 
-/* Backward of attention_forward_lanes with p0 = 0 (any fixed order:
- * rounding-level; the per-head sums over channels are butterflies). */
+/* Backward of attention_forward_lanes with p0 = 0.  The per-head sums over
+ * channels run in channel order from 0 (group_sum_seq, as the other
+ * variants do), not as butterflies: the variant runs only where a head
+ * divides the register width, which differs between ISAs (isa.h), so any
+ * other order would make the results depend on the CPU. */
 MG_INLINE void FN(att_bwd_lanes_body)(
         REAL *dq, REAL *dk, REAL *dv, const REAL *dout, const REAL *att, const REAL *q,
         const REAL *k, const REAL *v, int N, int C, int NH, int T, REAL scale,
@@ -688,8 +691,10 @@ MG_INLINE void FN(att_bwd_lanes_body)(
                 for (int g = 1; g < G; g++)
                     wv = MG_SEL(glane >= g * HS, zero + w[(size_t)g * T + t], wv);
                 STOREU(W + (size_t)t * NB, wv);
-                VEC g = dov * LOADU(v + (size_t)t * C + c0);
-                FN(group_sum_tree)(&g, HS);
+                const VEC gv = dov * LOADU(v + (size_t)t * C + c0);
+                VEC g;
+                FN(group_sum_seq)(&g, &gv, HS);
+                FN(group_bcast)(&g, HS);
                 STOREU(D + (size_t)t * NB, g);
                 dot = dot + wv * g;
                 REAL *dvt = dv + (size_t)t * C + c0;

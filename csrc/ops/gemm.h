@@ -69,14 +69,19 @@
 #else
 #define MG_GEMM_UNROLL _Pragma("GCC unroll 16")
 #endif
-/* Blocking for the current REAL (measured on Zen 5).  Register tile MR x NR,
- * NR = NV vectors of 64 bytes: float32 14 x 32 (28 accumulators of the 32 zmm
- * registers, 2 B vectors), float64 6 x 32 (24 accumulators, 4 B vectors: fewer
- * broadcasts per multiply-add pair, as the unfused float64 kernel needs all four
- * FP pipes).  KC: the k block (a KC x NR B panel, 32 KiB, stays in L1).  MC: rows
- * of A per block (an MC x KC block of A, packed or not, stays in L2).  Output
- * tiles: at most TILE_M x TILE_N (the thread-sharing unit; the B block KC x tile
- * width is packed once per tile and k block). */
+/* Blocking for the current REAL and target.  Register tile MR x NR, NR = NV
+ * vectors of MG_VBYTES (vbytes.h).  AVX-512 (32 registers; measured on Zen 5):
+ * float32 14 x 32 (28 accumulators, 2 B vectors), float64 6 x 32 (24
+ * accumulators, 4 B vectors: fewer broadcasts per multiply-add pair, as the
+ * unfused float64 kernel needs all four FP pipes).  16 registers (AVX2, SSE2;
+ * BLIS's Haswell kernels): 6 x 2 vectors (12 accumulators, 2 B vectors, a
+ * broadcast and, in float64, the product).  KC: the k block (a KC x NR B
+ * panel, 16-32 KiB, stays in L1).  MC: rows of A per block (an MC x KC block
+ * of A, packed or not, stays in L2).  Output tiles: at most TILE_M x TILE_N
+ * (the thread-sharing unit; the B block KC x tile width is packed once per
+ * tile and k block).  None of this changes a bit of the results. */
+#include "../vbytes.h"
+#if MG_VBYTES >= 64 || defined(__aarch64__)
 #ifndef MG_GEMM_MR_F32
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
@@ -89,9 +94,23 @@
 #define MG_GEMM_KC_F64 128
 #define MG_GEMM_MC_F64 192
 #endif
+#else
+#ifndef MG_GEMM_MR_F32
+#define MG_GEMM_MR_F32 6
+#define MG_GEMM_NV_F32 2
+#define MG_GEMM_KC_F32 256
+#define MG_GEMM_MC_F32 240
+#endif
+#ifndef MG_GEMM_MR_F64
+#define MG_GEMM_MR_F64 6
+#define MG_GEMM_NV_F64 2
+#define MG_GEMM_KC_F64 256
+#define MG_GEMM_MC_F64 120
+#endif
+#endif
 #define MG_GEMM_TILE_M 1024
 #define MG_GEMM_TILE_N 1024
-#define MG_GEMM_W ((int)(64 / sizeof(REAL)))
+#define MG_GEMM_W ((int)(MG_VBYTES / sizeof(REAL)))
 #define MG_GEMM_F32 (sizeof(REAL) == 4)
 #define MG_GEMM_NV ((int)(MG_GEMM_F32 ? MG_GEMM_NV_F32 : MG_GEMM_NV_F64))
 #define MG_GEMM_NR (MG_GEMM_NV * MG_GEMM_W)
@@ -103,8 +122,8 @@ static inline int mg_gemm_cdiv(int a, int b) { return (a + b - 1) / b; }
 static inline int mg_gemm_min(int a, int b) { return a < b ? a : b; }
 #endif /* MG_GEMM_COMMON_H */
 
-typedef REAL FN(gemm_v) __attribute__((vector_size(64)));
-typedef REAL FN(gemm_vu) __attribute__((vector_size(64), aligned(sizeof(REAL))));
+typedef REAL FN(gemm_v) __attribute__((vector_size(MG_VBYTES)));
+typedef REAL FN(gemm_vu) __attribute__((vector_size(MG_VBYTES), aligned(sizeof(REAL))));
 
 /* Tile grid: rows per tile *tm (a multiple of MR), columns per tile *tn (a
  * multiple of NR), *nrb x *ncb tiles numbered row by row.  Below min_tiles

@@ -65,9 +65,11 @@ def build_info() -> Dict[str, Any]:
     :func:`set_num_threads`); ``compiler`` and ``compiler_version``;
     ``cflags`` and ``ldflags`` (the flags the C core was compiled and linked
     with); ``openmp_flags``; ``simd`` (SIMD instruction sets of the baseline
-    target); ``simd_clones`` (the targets the hot kernels are additionally
-    compiled for, one picked at load time; empty if none) and ``simd_active``
-    (the one this CPU gets, best effort); ``cpu_simd`` (SIMD sets this CPU
+    target); ``simd_clones`` (the x86-64 levels the kernels are compiled
+    for, one whole copy each with its own register width, one picked per
+    process: the best this CPU supports, or a lower one named by the
+    environment variable ``MICROGPT_C_ISA``; empty if one copy) and
+    ``simd_active`` (the one this process runs); ``cpu_simd`` (SIMD sets this CPU
     supports); ``platform``; ``python``.  Build details are None/empty if
     the package was built without microgpt_c's setup.py."""
     try:

@@ -33,13 +33,20 @@ fi
 mkdir -p "$(dirname "$OUT")"
 COMMON=(-std=c11 -Wall -Wextra -ffp-contract=off -fno-builtin-pow -fno-builtin-powf)
 SOURCES=()
-for src in "$ROOT"/csrc/*.c; do [ "$(basename "$src")" = dtype_f32.c ] || SOURCES+=("$src"); done
-# float32 contracts into fused multiply-adds, as in the package build (setup.py)
-# shellcheck disable=SC2086  # CFLAGS/LDFLAGS are word lists
-"$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -ffp-contract=fast -I"$ROOT/csrc" \
-    -c "$ROOT/csrc/dtype_f32.c" -o "$OUT.dtype_f32.o"
+F32OBJ=()
+for src in "$ROOT"/csrc/*.c; do
+    name=$(basename "$src" .c)
+    case "$name" in
+    dtype_f32*)   # float32 (and its per-ISA copies) contracts into fused multiply-adds, as in setup.py
+        # shellcheck disable=SC2086  # CFLAGS is a word list
+        "$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -ffp-contract=fast -I"$ROOT/csrc" \
+            -c "$src" -o "$OUT.$name.o"
+        F32OBJ+=("$OUT.$name.o") ;;
+    *) SOURCES+=("$src") ;;
+    esac
+done
 # shellcheck disable=SC2086
-"$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -I"$ROOT/csrc" "${SOURCES[@]}" "$OUT.dtype_f32.o" \
+"$CC" "${COMMON[@]}" $CFLAGS "${OMPFLAGS[@]}" -I"$ROOT/csrc" "${SOURCES[@]}" "${F32OBJ[@]}" \
     "$HERE/test_core.c" -o "$OUT" $LDFLAGS "${OMPFLAGS[@]}" -lm
-rm -f "$OUT.dtype_f32.o"
+rm -f "${F32OBJ[@]}"
 echo "built $OUT ($CC $CFLAGS ${OMPFLAGS[*]})" >&2

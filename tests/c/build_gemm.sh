@@ -8,9 +8,11 @@
 #   CC       compiler (default gcc)
 #   CFLAGS   extra flags (default -O3), e.g. "-fsanitize=address,undefined -g -O1"
 #   OPENMP   1 (default) -fopenmp, 0 serial
-#   CLONES   1 (default with gcc on x86-64) MG_HOT = the package's target_clones
-# With clones (or an FMA -march) it checks with objdump that the float32 object
-# has vfmadd and the float64 object has none.
+#   CLONES   1 (default with gcc on x86-64 on a CPU with AVX2 and FMA): the GEMM
+#            compiled for x86-64-v3, or x86-64-v4 where the CPU has AVX-512, as
+#            the package's per-ISA copy for this CPU (csrc/isa.h)
+# With an FMA target it checks with objdump that the float32 object has vfmadd
+# and the float64 object has none.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -19,14 +21,18 @@ CC=${CC:-gcc}
 CFLAGS=${CFLAGS:--O3}
 OPENMP=${OPENMP:-1}
 CLONES_DEFAULT=0
-if $CC --version | grep -q "Free Software Foundation" && "$CC" -dumpmachine | grep -q "^x86_64"; then CLONES_DEFAULT=1; fi
+if $CC --version | grep -q "Free Software Foundation" && "$CC" -dumpmachine | grep -q "^x86_64" &&
+   grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then CLONES_DEFAULT=1; fi
 CLONES=${CLONES:-$CLONES_DEFAULT}
 
 FLAGS=(-std=c11 -O3 -fno-math-errno -Wall -Wextra)
 if [ "$OPENMP" = "1" ]; then FLAGS+=(-fopenmp); else FLAGS+=(-Wno-unknown-pragmas); fi
 HOT=()
 if [ "$CLONES" = "1" ]; then
-    HOT=(-DMG_HOT='__attribute__((target_clones("arch=x86-64-v4","arch=x86-64-v3","default")))' -DTEST_EXPECT_FMA)
+    ISA=x86-64-v3
+    if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo &&
+       grep -qw avx512dq /proc/cpuinfo; then ISA=x86-64-v4; fi
+    HOT=(-march=$ISA -DTEST_EXPECT_FMA)
 fi
 OBJ=$(mktemp -d)
 trap 'rm -rf "$OBJ"' EXIT
