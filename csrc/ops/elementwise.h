@@ -8,17 +8,22 @@ MG_HOT void FN(relu_forward)(REAL *out, const REAL *inp, size_t n) {      /* (n)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : (REAL)0;
 }
 
-MG_HOT static void FN(relu_backward_impl)(REAL *restrict dinp, const REAL *restrict dout,
-                                          const REAL *restrict inp, size_t n) {
-    /* a select, not a branch: vectorises (and -0 stays -0 where inp <= 0) */
-    for (size_t i = 0; i < n; i++) dinp[i] = inp[i] > 0 ? dinp[i] + dout[i] : dinp[i];
+/* dinp += dout where inp > 0, in registers: a select, not a branch (GCC 12
+ * left the plain loop scalar and branchy: 9% of a 64/64 float32 step on Zen 3);
+ * -0 stays -0 where inp <= 0.  Also right in place (dinp == dout or inp):
+ * each element is read before it is written, lane by lane. */
+MG_HOT static void FN(relu_backward_impl)(REAL *dinp, const REAL *dout, const REAL *inp,
+                                          size_t n) {
+    size_t i = 0;
+    for (; i + MG_LANES <= n; i += MG_LANES) {
+        const VEC d = LOADU(dinp + i), g = LOADU(dout + i), x = LOADU(inp + i);
+        STOREU(dinp + i, MG_SEL(x > 0, d + g, d));
+    }
+    for (; i < n; i++)
+        if (inp[i] > 0) dinp[i] += dout[i];
 }
 
 void FN(relu_backward)(REAL *dinp, const REAL *dout, const REAL *inp, size_t n) {
-    if (dinp == dout || dinp == inp) {  /* in place: plain loop */
-        for (size_t i = 0; i < n; i++) if (inp[i] > 0) dinp[i] += dout[i];
-        return;
-    }
     FN(relu_backward_impl)(dinp, dout, inp, n);
 }
 
