@@ -158,8 +158,16 @@ def test_attention_forward_variants_are_bit_identical(N, C, NH, auto_variants):
         assert np.array_equal(att, outs["rows"][1]), name
 
 
+# float64 lanes of one register in the copy of the kernels that runs (csrc/vbytes.h)
+F64_LANES = {"x86-64-v4": 8, "avx512": 8, "x86-64-v3": 4, "avx2": 4}.get(_core.simd_variant(), 2)
+
+
 def test_attention_variant_rule():
-    assert K.attention_variant(7, 0, 16, 4) == "channel_lanes"    # small heads, short
+    # small heads, short: channel lanes where a head divides the register
+    # (heads of 4 need 4 float64 lanes: AVX2 or AVX-512), else query lanes
+    assert K.attention_variant(7, 0, 16, 4) == (
+        "channel_lanes" if F64_LANES % 4 == 0 else "query_lanes")
+    assert K.attention_variant(7, 0, 16, 8) == "channel_lanes"    # heads of 2 fit any register
     assert K.attention_variant(100, 0, 64, 4) == "query_lanes"    # one document
     assert K.attention_variant(1, 200, 64, 4) == "rows"           # inference, long cache
     assert K.attention_variant(64, 0, 128, 4) == "gemm"           # long document, wide heads
