@@ -2,16 +2,7 @@
  * compiled with -ffp-contract=off: no fused multiply-add). */
 #define REAL double
 #define IREAL int64_t
-#include "isa.h"
-/* the copy's suffix (isa.h): _v1 for the baseline copy of a multi-ISA build,
- * _v3 / _v4 from dtype_f64_v3.c / _v4.c; none in a single-copy build */
-#ifndef MG_ISA_SUF
-#if MG_MULTI_ISA
-#define MG_ISA_SUF _v1
-#else
-#define MG_ISA_SUF
-#endif
-#endif
+#include "isa.h"   /* MG_ISA_SUF: this copy's suffix */
 #define FN(name) MG_PASTE(name##_f64, MG_ISA_SUF)
 #define POW pow
 #define EXP exp

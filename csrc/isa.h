@@ -27,6 +27,17 @@
 #define MG_MULTI_ISA 0
 #endif
 
+/* the suffix of this copy's names: set by dtype_*_v3.c / _v4.c before they
+ * include this; _v1 for the baseline copy of a multi-ISA build; none in a
+ * single-copy build */
+#ifndef MG_ISA_SUF
+#if MG_MULTI_ISA
+#define MG_ISA_SUF _v1
+#else
+#define MG_ISA_SUF
+#endif
+#endif
+
 /* token pasting through one level of expansion (MG_ISA_SUF may be empty) */
 #define MG_PASTE_(a, b) a##b
 #define MG_PASTE(a, b) MG_PASTE_(a, b)
