@@ -49,7 +49,7 @@ run_driver() {  # name, OPENMP, extra cflags
     echo "== C driver: $name"
     OPENMP=$openmp CC=$CC CFLAGS="$SAN_FLAGS $extra" tests/c/build.sh "$WORK/$name"
     local log="$WORK/$name.log"
-    if ! OMP_NUM_THREADS=2 "$WORK/$name" >"$log" 2>&1; then
+    if ! OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive "$WORK/$name" >"$log" 2>&1; then
         cat "$log"
         echo "FAILED: C driver $name (exit status non-zero)" >&2
         exit 1
@@ -62,9 +62,15 @@ run_driver() {  # name, OPENMP, extra cflags
     tail -n 1 "$log"
 }
 
-run_driver serial 0 ""
+# the serial driver beside the two OpenMP ones (two cores; its output after theirs)
+( run_driver serial 0 "" ) >"$WORK/serial.out" 2>&1 &
+serial_pid=$!
 run_driver openmp 1 ""
 run_driver openmp-all-parallel 1 "-DMG_OMP_MIN_WORK=1"
+serial_status=0
+wait "$serial_pid" || serial_status=$?
+cat "$WORK/serial.out"
+[ "$serial_status" = 0 ] || { echo "FAILED: C driver serial" >&2; exit 1; }
 
 if [ "$C_ONLY" = "1" ] || [ "${SANITIZE_PYTHON:-auto}" = "0" ]; then
     echo "== sanitize: C driver passed (Python step skipped)"
@@ -77,7 +83,7 @@ if [ "${SANITIZE_VENV:-1}" = "1" ]; then
     "$PY" -m venv "$WORK/venv"
     if ! "$WORK/venv/bin/python" -m pip install -q "setuptools>=77" "Cython>=3.0" \
             "numpy>=1.23" "names>=0.3" "pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" \
-            >"$WORK/pip.log" 2>&1; then
+            "pytest-xdist>=3" >"$WORK/pip.log" 2>&1; then
         cat "$WORK/pip.log"
         msg="could not install the build/test dependencies into a venv"
         if [ "${SANITIZE_PYTHON:-auto}" = "1" ]; then echo "FAILED: $msg" >&2; exit 1; fi
@@ -127,10 +133,14 @@ export MICROGPT_C_SANITIZE=1   # lets RSS-based tests skip (ASan's allocator qua
 # the copy, not an installed microgpt_c, must be the one imported
 LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
     "$PY" -c "import microgpt_c, sys; sys.exit(0 if microgpt_c.__file__.startswith('$COPY') else 'imported ' + microgpt_c.__file__)"
+# two pytest workers when pytest-xdist is there (the instrumented tests are
+# CPU-bound and single-threaded for the most part)
+XDIST=
+if "$PY" -c "import xdist" 2>/dev/null; then XDIST="-n 2"; fi
 set +e
 # shellcheck disable=SC2086
-LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" OMP_NUM_THREADS=2 \
-    "$PY" -m pytest -q -p no:cacheprovider -k "not test_bug_" ${SANITIZE_PYTEST_ARGS:-} \
+LD_PRELOAD="$LIBASAN" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive \
+    "$PY" -m pytest -q -p no:cacheprovider $XDIST -k "not test_bug_" ${SANITIZE_PYTEST_ARGS:-} \
     $SANITIZE_TESTS >"$log" 2>&1
 status=$?
 set -e

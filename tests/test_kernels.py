@@ -316,8 +316,9 @@ class CrossEntropy(Op):
 
 class MatmulGemm(Matmul):
     """The same products through the packed GEMM (the model's variant for
-    large batches), forced: shapes past its register tile (14 x 32 float32,
-    6 x 32 float64) and k block (256 / 128) with ragged edges."""
+    large batches), forced: shapes past its register tile (AVX-512: 6 x 64
+    float32, 6 x 32 float64; AVX2: 6 x 16 / 6 x 8) and k block (256) with
+    ragged edges."""
     name = "matmul_gemm"
     shapes = [(1, 1, 1), (5, 12, 48), (15, 33, 31), (29, 130, 70), (64, 300, 40)]
     backward_shapes = [(1, 1, 1), (7, 24, 3), (15, 33, 31), (40, 70, 130), (300, 20, 33)]

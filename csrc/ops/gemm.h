@@ -70,18 +70,36 @@
 #define MG_GEMM_UNROLL _Pragma("GCC unroll 16")
 #endif
 /* Blocking for the current REAL and target.  Register tile MR x NR, NR = NV
- * vectors of MG_VBYTES (vbytes.h).  AVX-512 (32 registers; measured on Zen 5):
- * float32 14 x 32 (28 accumulators, 2 B vectors), float64 6 x 32 (24
- * accumulators, 4 B vectors: fewer broadcasts per multiply-add pair, as the
- * unfused float64 kernel needs all four FP pipes).  16 registers (AVX2, SSE2;
- * BLIS's Haswell kernels): 6 x 2 vectors (12 accumulators, 2 B vectors, a
- * broadcast and, in float64, the product).  KC: the k block (a KC x NR B
- * panel, 16-32 KiB, stays in L1).  MC: rows of A per block (an MC x KC block
- * of A, packed or not, stays in L2).  Output tiles: at most TILE_M x TILE_N
+ * vectors of MG_VBYTES (vbytes.h).  AVX-512 (32 registers): 6 x 4 vectors in
+ * both dtypes (24 accumulators, 4 B vectors, a broadcast and, in float64, the
+ * product); aarch64 (32 registers of 16 bytes): float32 14 x 2, float64 6 x 4.
+ * 16 registers (AVX2, SSE2; BLIS's Haswell kernels): 6 x 2 vectors (12
+ * accumulators, 2 B vectors, a broadcast and, in float64, the product).  KC:
+ * the k block (the C tile is loaded and stored once per KC terms; the MR x KC
+ * A panel stays in L1, the KC x NR B panel in L1 or L2).  MC: rows of A per
+ * block (an MC x KC block of A, packed or not, stays in L2).  Output tiles: at
+ * most TILE_M x TILE_N
  * (the thread-sharing unit; the B block KC x tile width is packed once per
  * tile and k block).  None of this changes a bit of the results. */
 #include "../vbytes.h"
-#if MG_VBYTES >= 64 || defined(__aarch64__)
+#if MG_VBYTES >= 64
+/* AVX-512, measured on Zen 4 (bench/c/gemm_bench, 256-wide shapes, one
+ * thread, interleaved): 6 x 4 vectors with KC 256 beat 14 x 2 (float32 geomean
+ * 93 vs 84 GFLOP/s) and, float64, KC 256 / MC 96 beat KC 128 / MC 192 (37 vs
+ * 32): fewer broadcasts per product pair, and the B panel streams from L2. */
+#ifndef MG_GEMM_MR_F32
+#define MG_GEMM_MR_F32 6
+#define MG_GEMM_NV_F32 4
+#define MG_GEMM_KC_F32 256
+#define MG_GEMM_MC_F32 252
+#endif
+#ifndef MG_GEMM_MR_F64
+#define MG_GEMM_MR_F64 6
+#define MG_GEMM_NV_F64 4
+#define MG_GEMM_KC_F64 256
+#define MG_GEMM_MC_F64 96
+#endif
+#elif defined(__aarch64__)
 #ifndef MG_GEMM_MR_F32
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
