@@ -84,6 +84,16 @@ def clean_env(**extra):
     return env
 
 
+def wait_for(ready, proc, what):
+    """Poll ready() until it holds; a hang guard (TIMEOUT s, not a speed
+    target): pytest.fail with `what` if it never does or proc exits first."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ready():
+        if time.monotonic() >= deadline or proc.poll() is not None:
+            pytest.fail(what)
+        time.sleep(0.1)
+
+
 def run(cmd, timeout=TIMEOUT, **env):
     """Run a job in its own session; on timeout kill the whole group and fail."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -463,10 +473,7 @@ def test_cli_ctrl_c_stops_every_rank_at_the_same_step(data_file, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(), start_new_session=True)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (metrics.exists() and metrics.stat().st_size > 0):
-            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-            time.sleep(0.1)
+        wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc, "training did not start")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -493,10 +500,7 @@ def test_cli_sigterm_stops_every_rank_and_saves(data_file, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(), start_new_session=True)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (metrics.exists() and metrics.stat().st_size > 0):
-            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-            time.sleep(0.1)
+        wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc, "training did not start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -528,10 +532,7 @@ def test_cli_sigterm_in_a_text_run_with_validation_under_mpi(data_file, tmp_path
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(OMP_NUM_THREADS="1"), start_new_session=True)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (metrics.exists() and "val_loss" in metrics.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "no evaluation"
-            time.sleep(0.1)
+        wait_for(lambda: metrics.exists() and "val_loss" in metrics.read_text(), proc, "no evaluation")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -82,35 +82,33 @@
  * (the thread-sharing unit; the B block KC x tile width is packed once per
  * tile and k block).  None of this changes a bit of the results. */
 #include "../vbytes.h"
-#if MG_VBYTES >= 64
-/* AVX-512, measured on Zen 4 (bench/c/gemm_bench, 256-wide shapes, one
- * thread, interleaved): 6 x 4 vectors with KC 256 beat 14 x 2 (float32 geomean
- * 93 vs 84 GFLOP/s) and, float64, KC 256 / MC 96 beat KC 128 / MC 192 (37 vs
- * 32): fewer broadcasts per product pair, and the B panel streams from L2. */
+#if MG_VBYTES >= 64 || defined(__aarch64__)
+/* 32 registers.  AVX-512, measured on Zen 4 (bench/c/gemm_bench, 256-wide
+ * shapes, one thread, interleaved): float32 6 x 4 vectors with KC 256 beat 14
+ * x 2 (geomean 93 vs 84 GFLOP/s) and, float64, KC 256 / MC 96 beat KC 128 / MC
+ * 192 (37 vs 32): fewer broadcasts per product pair, the B panel streams from
+ * L2.  aarch64 (16-byte registers) keeps 14 x 2 float32 and KC 128 float64. */
 #ifndef MG_GEMM_MR_F32
+#if MG_VBYTES >= 64
 #define MG_GEMM_MR_F32 6
 #define MG_GEMM_NV_F32 4
-#define MG_GEMM_KC_F32 256
-#define MG_GEMM_MC_F32 252
-#endif
-#ifndef MG_GEMM_MR_F64
-#define MG_GEMM_MR_F64 6
-#define MG_GEMM_NV_F64 4
-#define MG_GEMM_KC_F64 256
-#define MG_GEMM_MC_F64 96
-#endif
-#elif defined(__aarch64__)
-#ifndef MG_GEMM_MR_F32
+#else
 #define MG_GEMM_MR_F32 14
 #define MG_GEMM_NV_F32 2
+#endif
 #define MG_GEMM_KC_F32 256
 #define MG_GEMM_MC_F32 252
 #endif
 #ifndef MG_GEMM_MR_F64
 #define MG_GEMM_MR_F64 6
 #define MG_GEMM_NV_F64 4
+#if MG_VBYTES >= 64
+#define MG_GEMM_KC_F64 256
+#define MG_GEMM_MC_F64 96
+#else
 #define MG_GEMM_KC_F64 128
 #define MG_GEMM_MC_F64 192
+#endif
 #endif
 #else
 #ifndef MG_GEMM_MR_F32
