@@ -330,6 +330,35 @@ def test_report_new_targets(tmp_path):
     assert "{" not in text.replace("{'", "").split("## GEMM")[0]
 
 
+def test_report_gemm_targets_and_table(tmp_path):
+    """The GEMM micro-benchmark: a target row per dtype (all 256-wide products at
+    >= 80% of the peak to pass) and a Markdown table, not a JSON dump."""
+    run = load_run_module()
+    results = fake_scale_and_steady(fake_results())
+    cases = []
+    for dtype, fracs in (("f32", (0.85, 0.81, 0.9)), ("f64", (0.85, 0.79, 0.9))):
+        for prod, f in zip(("forward", "dinp", "dweight"), fracs):
+            cases.append({"case": f"w256_fc1_{prod}_{dtype}", "width": 256, "tokens": 2048,
+                          "layer": "fc1", "product": prod, "dtype": dtype, "M": 2048, "N": 1024,
+                          "K": 256, "ours_gflops": 100 * f, "frac_peak": f,
+                          "numpy_gflops": 90.0, "ours_over_numpy": f * 100 / 90})
+    cases.append(dict(cases[0], case="w64_fc1_forward_f32", width=64, frac_peak=0.1))
+    results["gemm"] = {"cpu": "test", "threads": 1, "numpy": "x",
+                       "numpy_threads_limited_by": "test", "cases": cases,
+                       "peak": {"f32_fma_gflops": 100.0, "f64_nofma_gflops": 50.0}}
+    rows = {name: (measured, verdict) for name, _, measured, verdict in
+            run.evaluate_targets(results)}
+    m, v = rows["GEMM, width 256, float32 (bench/gemm.py)"]
+    assert v == "pass" and m.startswith("81%-90% (3 of 3 products")
+    m, v = rows["GEMM, width 256, float64 (bench/gemm.py)"]
+    assert v == "miss" and m.startswith("79%-90% (2 of 3 products")
+    out = tmp_path / "REPORT.md"
+    run.write_report(results, out, tmp_path / "report.png", 1.0, "full")
+    gemm_part = out.read_text(encoding="utf-8").split("## GEMM micro-benchmark")[1].split("##")[0]
+    assert "| 2048 x 256 @ 256 x 1024 | w256_fc1_forward | f32 | 85.0 | 85% | 90.0 | 0.94 |" in gemm_part
+    assert "{" not in gemm_part
+
+
 def test_report_never_overwrites_the_committed_report_by_default():
     run = load_run_module()
     out, png = run.output_paths(None, None)
@@ -388,6 +417,9 @@ def test_report_names_the_floor_of_a_goal_below_it(tmp_path):
     v = targets["64/64 1L float32, 1 name/step, steady state"]
     assert v.startswith("miss: the goal is below") and "110 µs/step" in v
     assert targets["16/16 float32, 1 name/step, steady state"] == "pass"
+    # float64 vs the baseline: 11 -> 6 µs misses 2x (5.5 µs), below the floor of 110 µs
+    v = targets["64/64 1L float64, 1 name/step, steady state, vs baseline"]
+    assert v.startswith("miss: the goal is below") and "110 µs/step" in v
     out = tmp_path / "REPORT.md"
     run.write_report(results, out, tmp_path / "report.png", 1.0, "quick")
     text = out.read_text(encoding="utf-8")
